@@ -1,0 +1,351 @@
+// Package driver implements Docker's NetworkDriver protocol for vxbridge:
+// one Linux bridge per network, one veth pair per endpoint, FORWARD rules
+// in vxbridge's own chains. Every object it makes is recorded in the store
+// first, so a restart can rebuild or remove it.
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	api "github.com/docker/go-plugins-helpers/network"
+
+	"github.com/vxbridge/vxbridge/store"
+)
+
+// Driver serves the NetworkDriver protocol.
+type Driver struct {
+	store store.Store
+	fw    *firewall
+	log   *slog.Logger
+	// mu orders changes to one network's kernel objects against its
+	// deletion; requests for different endpoints still run in parallel
+	// under the read lock.
+	mu sync.RWMutex
+}
+
+var _ api.Driver = (*Driver)(nil)
+
+// New returns a driver whose state lives in s, after re-asserting the
+// kernel objects of every network s remembers (a reboot or a firewall
+// reload may have removed them).
+func New(s store.Store, log *slog.Logger) (*Driver, error) {
+	fw, err := newFirewall()
+	if err != nil {
+		return nil, err
+	}
+	if err := fw.setup(); err != nil {
+		return nil, err
+	}
+	d := &Driver{store: s, fw: fw, log: log}
+	if err := d.restore(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// restore rebuilds bridges and rules of the persisted networks.
+func (d *Driver) restore() error {
+	nets, err := loadAll[Network](d.store, networkKeys)
+	if err != nil {
+		return fmt.Errorf("load networks: %w", err)
+	}
+	for _, n := range nets {
+		if err := d.ensureNetwork(n); err != nil {
+			return fmt.Errorf("restore network %s: %w", short(n.ID, 12), err)
+		}
+	}
+	d.log.Info("restored networks", "count", len(nets))
+	return nil
+}
+
+func (d *Driver) ensureNetwork(n *Network) error {
+	if err := ensureBridge(n); err != nil {
+		return err
+	}
+	return d.fw.ensure(n)
+}
+
+// GetCapabilities: networks are local to a host; several hosts share one
+// through the overlay, which the plugin ties together itself.
+func (d *Driver) GetCapabilities() (*api.CapabilitiesResponse, error) {
+	return &api.CapabilitiesResponse{Scope: api.LocalScope, ConnectivityScope: api.LocalScope}, nil
+}
+
+// CreateNetwork records the network, then builds its bridge and rules. On
+// any failure nothing of it is left behind.
+func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
+	opts, err := parseNetOptions(req.NetworkID, req.Options)
+	if err != nil {
+		return err
+	}
+	n := &Network{ID: req.NetworkID, Options: opts}
+	if n.Gateway4, err = gateway(req.IPv4Data, false); err != nil {
+		return err
+	}
+	if opts.IPv6 {
+		if n.Gateway6, err = gateway(req.IPv6Data, true); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.checkBridgeFree(n); err != nil {
+		return err
+	}
+	if err := create(d.store, networkKey(n.ID), n); err != nil {
+		return fmt.Errorf("record network: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			d.teardownNetwork(n)
+		}
+	}()
+	if err := d.ensureNetwork(n); err != nil {
+		return err
+	}
+	d.log.Info("network created", "network", short(n.ID, 12), "bridge", opts.Bridge, "gateway", n.Gateway4, "gateway6", n.Gateway6, "mtu", opts.MTU, "icc", opts.ICC, "internal", opts.Internal)
+	return nil
+}
+
+// checkBridgeFree refuses a bridge name another network or another program
+// already uses: taking over someone else's bridge would wire containers
+// into a foreign network.
+func (d *Driver) checkBridgeFree(n *Network) error {
+	nets, err := loadAll[Network](d.store, networkKeys)
+	if err != nil {
+		return err
+	}
+	for _, o := range nets {
+		if o.ID == n.ID {
+			return fmt.Errorf("network %s already exists", short(n.ID, 12))
+		}
+		if o.Options.Bridge == n.Options.Bridge {
+			return fmt.Errorf("bridge %s is already used by network %s", n.Options.Bridge, short(o.ID, 12))
+		}
+	}
+	if linkExists(n.Options.Bridge) {
+		return fmt.Errorf("bridge %s: an interface with that name already exists on the host", n.Options.Bridge)
+	}
+	return nil
+}
+
+// gateway takes the network's gateway from the first IPAM data entry;
+// dockerd sends it in CIDR form.
+func gateway(data []*api.IPAMData, v6 bool) (netip.Prefix, error) {
+	if len(data) == 0 || data[0] == nil || data[0].Gateway == "" {
+		if v6 {
+			return netip.Prefix{}, errors.New("IPv6 is enabled but no IPv6 gateway was assigned")
+		}
+		return netip.Prefix{}, errors.New("no IPv4 gateway was assigned")
+	}
+	if len(data) > 1 {
+		return netip.Prefix{}, fmt.Errorf("%d address pools of one family are not supported, give one --subnet per family", len(data))
+	}
+	p, err := netip.ParsePrefix(data[0].Gateway)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("malformed gateway %q: %w", data[0].Gateway, err)
+	}
+	if p.Addr().Is6() != v6 {
+		return netip.Prefix{}, fmt.Errorf("gateway %s is of the wrong address family", p)
+	}
+	return p, nil
+}
+
+// DeleteNetwork removes the bridge, its rules, any endpoint dockerd never
+// deleted, and the record.
+func (d *Driver) DeleteNetwork(req *api.DeleteNetworkRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, err := load[Network](d.store, networkKey(req.NetworkID))
+	if errors.Is(err, errNoRecord) {
+		return nil // already gone: dockerd may repeat a delete
+	}
+	if err != nil {
+		return err
+	}
+	if err := d.teardownNetwork(n); err != nil {
+		return err
+	}
+	d.log.Info("network deleted", "network", short(n.ID, 12), "bridge", n.Options.Bridge)
+	return nil
+}
+
+// teardownNetwork undoes everything a network owns. The record goes last,
+// so a failure part way leaves it for the next attempt or restart.
+func (d *Driver) teardownNetwork(n *Network) error {
+	eps, err := loadAll[Endpoint](d.store, endpointKeys+n.ID+"/")
+	if err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		if err := d.teardownEndpoint(ep); err != nil {
+			return err
+		}
+	}
+	if err := d.fw.remove(n); err != nil {
+		return err
+	}
+	if err := deleteBridge(n.Options.Bridge); err != nil {
+		return err
+	}
+	return remove(d.store, networkKey(n.ID))
+}
+
+// CreateEndpoint makes the veth pair. dockerd has the addresses from IPAM;
+// the driver picks the MAC when dockerd leaves it empty.
+func (d *Driver) CreateEndpoint(req *api.CreateEndpointRequest) (*api.CreateEndpointResponse, error) {
+	if req.Interface == nil {
+		return nil, errors.New("malformed request: no Interface")
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	n, err := load[Network](d.store, networkKey(req.NetworkID))
+	if err != nil {
+		return nil, fmt.Errorf("network %s: %w", short(req.NetworkID, 12), err)
+	}
+	ep := &Endpoint{ID: req.EndpointID, NetworkID: n.ID, HostIf: vethName(req.EndpointID), PeerIf: peerName(req.EndpointID), MAC: req.Interface.MacAddress}
+	if ep.Addr4, err = parseAddr(req.Interface.Address); err != nil {
+		return nil, err
+	}
+	if ep.Addr6, err = parseAddr(req.Interface.AddressIPv6); err != nil {
+		return nil, err
+	}
+	res := &api.CreateEndpointResponse{}
+	if ep.MAC == "" {
+		ep.MAC = macFor(ep.Addr4)
+		res.Interface = &api.EndpointInterface{MacAddress: ep.MAC}
+	}
+	if err := create(d.store, endpointKey(n.ID, ep.ID), ep); err != nil {
+		return nil, fmt.Errorf("record endpoint: %w", err)
+	}
+	if err := createVeth(ep, n.Options.Bridge, n.Options.MTU); err != nil {
+		remove(d.store, endpointKey(n.ID, ep.ID))
+		return nil, err
+	}
+	d.log.Debug("endpoint created", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "veth", ep.HostIf, "addr", ep.Addr4, "addr6", ep.Addr6, "mac", ep.MAC)
+	return res, nil
+}
+
+func parseAddr(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("malformed endpoint address %q: %w", s, err)
+	}
+	return p, nil
+}
+
+// macFor derives the MAC from the IPv4 address as Docker does
+// (02:42 + the four address bytes), so it is stable and unique per network;
+// without IPv4 it is random, locally administered.
+func macFor(p netip.Prefix) string {
+	mac := make(net.HardwareAddr, 6)
+	if p.IsValid() && p.Addr().Is4() {
+		a := p.Addr().As4()
+		mac[0], mac[1] = 0x02, 0x42
+		copy(mac[2:], a[:])
+		return mac.String()
+	}
+	randomMAC(mac)
+	return mac.String()
+}
+
+// DeleteEndpoint removes the veth pair and the record.
+func (d *Driver) DeleteEndpoint(req *api.DeleteEndpointRequest) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	ep, err := load[Endpoint](d.store, endpointKey(req.NetworkID, req.EndpointID))
+	if errors.Is(err, errNoRecord) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return d.teardownEndpoint(ep)
+}
+
+func (d *Driver) teardownEndpoint(ep *Endpoint) error {
+	if err := deleteVeth(ep.HostIf); err != nil {
+		return err
+	}
+	if err := remove(d.store, endpointKey(ep.NetworkID, ep.ID)); err != nil {
+		return err
+	}
+	d.log.Debug("endpoint deleted", "network", short(ep.NetworkID, 12), "endpoint", short(ep.ID, 12))
+	return nil
+}
+
+// EndpointInfo reports the kernel names, for `docker network inspect`-style
+// debugging.
+func (d *Driver) EndpointInfo(req *api.InfoRequest) (*api.InfoResponse, error) {
+	ep, err := load[Endpoint](d.store, endpointKey(req.NetworkID, req.EndpointID))
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", short(req.EndpointID, 12), err)
+	}
+	return &api.InfoResponse{Value: map[string]string{"veth": ep.HostIf, "mac": ep.MAC}}, nil
+}
+
+// Join hands the peer to dockerd, which moves it into the container as
+// ethN, and names the gateway. An internal network has none, so the
+// container gets no default route through it.
+func (d *Driver) Join(req *api.JoinRequest) (*api.JoinResponse, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	n, err := load[Network](d.store, networkKey(req.NetworkID))
+	if err != nil {
+		return nil, fmt.Errorf("network %s: %w", short(req.NetworkID, 12), err)
+	}
+	ep, err := load[Endpoint](d.store, endpointKey(req.NetworkID, req.EndpointID))
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", short(req.EndpointID, 12), err)
+	}
+	res := &api.JoinResponse{InterfaceName: api.InterfaceName{SrcName: ep.PeerIf, DstPrefix: "eth"}}
+	if !n.Options.Internal {
+		if n.Gateway4.IsValid() {
+			res.Gateway = n.Gateway4.Addr().String()
+		}
+		if n.Gateway6.IsValid() {
+			res.GatewayIPv6 = n.Gateway6.Addr().String()
+		}
+	}
+	return res, nil
+}
+
+// Leave needs no work: dockerd moves the peer back to the host, and
+// DeleteEndpoint removes the pair.
+func (d *Driver) Leave(*api.LeaveRequest) error { return nil }
+
+// ProgramExternalConnectivity and RevokeExternalConnectivity carry
+// published ports; vxbridge does not publish ports yet.
+func (d *Driver) ProgramExternalConnectivity(*api.ProgramExternalConnectivityRequest) error {
+	return nil
+}
+
+// RevokeExternalConnectivity: see ProgramExternalConnectivity.
+func (d *Driver) RevokeExternalConnectivity(*api.RevokeExternalConnectivityRequest) error {
+	return nil
+}
+
+// AllocateNetwork and FreeNetwork belong to swarm's global scope, which
+// vxbridge does not use.
+func (d *Driver) AllocateNetwork(*api.AllocateNetworkRequest) (*api.AllocateNetworkResponse, error) {
+	return nil, errors.New("AllocateNetwork: vxbridge is a local-scope driver")
+}
+
+// FreeNetwork: see AllocateNetwork.
+func (d *Driver) FreeNetwork(*api.FreeNetworkRequest) error {
+	return errors.New("FreeNetwork: vxbridge is a local-scope driver")
+}
+
+// DiscoverNew and DiscoverDelete carry swarm node discovery; not used.
+func (d *Driver) DiscoverNew(*api.DiscoveryNotification) error { return nil }
+
+// DiscoverDelete: see DiscoverNew.
+func (d *Driver) DiscoverDelete(*api.DiscoveryNotification) error { return nil }

@@ -1,0 +1,80 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ensureBridge makes the network's bridge exist, up, with its MTU and
+// gateway addresses. It is idempotent: CreateNetwork and the start-up
+// restore both call it.
+func ensureBridge(n *Network) error {
+	name := n.Options.Bridge
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		if !isNotFound(err) {
+			return fmt.Errorf("look up bridge %s: %w", name, err)
+		}
+		la := netlink.NewLinkAttrs()
+		la.Name = name
+		la.MTU = n.Options.MTU
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			return fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		if link, err = netlink.LinkByName(name); err != nil {
+			return fmt.Errorf("look up bridge %s: %w", name, err)
+		}
+	} else if _, ok := link.(*netlink.Bridge); !ok {
+		return fmt.Errorf("create bridge %s: an interface of type %s has that name", name, link.Type())
+	}
+	if link.Attrs().MTU != n.Options.MTU {
+		if err := netlink.LinkSetMTU(link, n.Options.MTU); err != nil {
+			return fmt.Errorf("set MTU %d on bridge %s: %w", n.Options.MTU, name, err)
+		}
+	}
+	for _, gw := range []netip.Prefix{n.Gateway4, n.Gateway6} {
+		if !gw.IsValid() {
+			continue
+		}
+		addr := &netlink.Addr{IPNet: ipNet(gw)}
+		if gw.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD // usable at once, not after DAD
+		}
+		if err := netlink.AddrReplace(link, addr); err != nil {
+			return fmt.Errorf("add gateway %s to bridge %s: %w", gw, name, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set bridge %s up: %w", name, err)
+	}
+	return nil
+}
+
+// deleteBridge removes the bridge; one already gone is not an error.
+func deleteBridge(name string) error {
+	link, err := netlink.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete bridge %s: %w", name, err)
+	}
+	return nil
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

@@ -1,0 +1,107 @@
+package driver
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vxbridge/vxbridge/store"
+)
+
+// Network is the persisted record of one vxbridge network: everything
+// needed to rebuild its bridge and rules after a reboot.
+type Network struct {
+	ID       string
+	Options  netOptions
+	Gateway4 netip.Prefix `json:",omitempty"`
+	Gateway6 netip.Prefix `json:",omitempty"`
+}
+
+// Endpoint is the persisted record of one veth pair.
+type Endpoint struct {
+	ID        string
+	NetworkID string
+	HostIf    string
+	PeerIf    string
+	MAC       string
+	Addr4     netip.Prefix `json:",omitempty"`
+	Addr6     netip.Prefix `json:",omitempty"`
+}
+
+const (
+	networkKeys  = "driver/networks/"
+	endpointKeys = "driver/endpoints/"
+)
+
+func networkKey(id string) string       { return networkKeys + id }
+func endpointKey(nid, eid string) string { return endpointKeys + nid + "/" + eid }
+
+// errNoRecord marks a lookup of a network or endpoint vxbridge never made.
+var errNoRecord = errors.New("not found")
+
+func load[T any](s store.Store, key string) (*T, error) {
+	b, err := s.Get(key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errNoRecord
+	}
+	if err != nil {
+		return nil, err
+	}
+	v := new(T)
+	if err := json.Unmarshal(b, v); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return v, nil
+}
+
+func loadAll[T any](s store.Store, prefix string) ([]*T, error) {
+	kv, err := s.List(prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*T, 0, len(kv))
+	for k, b := range kv {
+		v := new(T)
+		if err := json.Unmarshal(b, v); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", k, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// create stores v under key, failing if the key exists: a record is the
+// claim on a name, so two requests never both own one.
+func create(s store.Store, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.Update(key, func(old []byte) ([]byte, error) {
+		if old != nil {
+			return nil, fmt.Errorf("%s already exists", key)
+		}
+		return b, nil
+	})
+}
+
+func remove(s store.Store, key string) error {
+	return s.Update(key, func([]byte) ([]byte, error) { return nil, nil })
+}
+
+// State is everything the driver has recorded, for `vxbridge state`.
+type State struct {
+	Networks  []*Network
+	Endpoints []*Endpoint
+}
+
+// State reads the driver's records.
+func (d *Driver) State() (State, error) {
+	nets, err := loadAll[Network](d.store, networkKeys)
+	if err != nil {
+		return State{}, err
+	}
+	eps, err := loadAll[Endpoint](d.store, endpointKeys)
+	return State{Networks: nets, Endpoints: eps}, err
+}

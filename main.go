@@ -1,0 +1,185 @@
+// Command vxbridge is a Docker network and IPAM plugin: Linux bridges on one
+// host, with state that survives restarts.
+//
+//	vxbridge serve   run the plugin (managed plugin entrypoint, or a plain daemon)
+//	vxbridge state   print what a running plugin holds
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/vxbridge/vxbridge/driver"
+	"github.com/vxbridge/vxbridge/ipam"
+	"github.com/vxbridge/vxbridge/plugin"
+	"github.com/vxbridge/vxbridge/store"
+)
+
+// pluginDir is where dockerd looks for legacy plugin sockets; a managed
+// plugin sees its own private folder mounted at the same path.
+const pluginDir = "/run/docker/plugins"
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2:])
+	case "state":
+		err = state(os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vxbridge:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: vxbridge serve [flags] | vxbridge state [flags]  (-h for flags)")
+	os.Exit(2)
+}
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	socket := fs.String("socket", filepath.Join(pluginDir, "vxbridge.sock"), "unix socket to serve; its name is the plugin's name for a legacy plugin")
+	statePath := fs.String("state", env("VXBRIDGE_STATE", "/var/lib/vxbridge/state.db"), "state file (bbolt) [$VXBRIDGE_STATE]")
+	level := fs.String("log-level", env("VXBRIDGE_LOG_LEVEL", "info"), "debug, info, warn or error [$VXBRIDGE_LOG_LEVEL]")
+	fs.Parse(args)
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("log level %q: %w", *level, err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+
+	st, err := store.OpenBolt(*statePath)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	// One host, one store: the global (cluster) address space shares the
+	// local store until the overlay brings a cluster store.
+	alloc, err := ipam.New(ipam.Config{
+		Spaces:       map[string]store.Store{ipam.LocalSpace: st, ipam.GlobalSpace: st},
+		HostPrefixes: driver.HostPrefixes,
+	})
+	if err != nil {
+		return err
+	}
+	drv, err := driver.New(st, log)
+	if err != nil {
+		return err
+	}
+	h := plugin.NewHandler(drv, alloc, func() (any, error) { return snapshot(drv, alloc) }, log)
+
+	if err := os.MkdirAll(filepath.Dir(*socket), 0o755); err != nil {
+		return fmt.Errorf("create socket dir: %w", err)
+	}
+	os.Remove(*socket) // a stale socket from a killed run blocks listen
+	l, err := net.Listen("unix", *socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *socket, err)
+	}
+	// dockerd runs as root; nobody else may drive the plugin.
+	if err := os.Chmod(*socket, 0o600); err != nil {
+		return fmt.Errorf("chmod %s: %w", *socket, err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	log.Info("serving", "socket", *socket, "state", *statePath)
+	if err := h.Serve(l); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// Snapshot is the JSON answer of plugin.StatePath.
+type Snapshot struct {
+	driver.State
+	Pools []ipam.Pool
+}
+
+func snapshot(d *driver.Driver, a *ipam.Allocator) (any, error) {
+	s, err := d.State()
+	if err != nil {
+		return nil, err
+	}
+	pools, err := a.Pools()
+	return Snapshot{State: s, Pools: pools}, err
+}
+
+func state(args []string) error {
+	fs := flag.NewFlagSet("state", flag.ExitOnError)
+	socket := fs.String("socket", "", "plugin socket (default: the legacy socket, else the managed plugin's)")
+	fs.Parse(args)
+	path, err := findSocket(*socket)
+	if err != nil {
+		return err
+	}
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}}
+	res, err := c.Post("http://plugin"+plugin.StatePath, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		return fmt.Errorf("ask %s: %w", path, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", res.Status, body)
+	}
+	var v any
+	if err := json.Unmarshal(body, &v); err != nil {
+		return fmt.Errorf("decode state: %w", err)
+	}
+	out, _ := json.MarshalIndent(v, "", "  ")
+	fmt.Println(string(out))
+	return nil
+}
+
+// findSocket prefers an explicit path, then the legacy socket, then a
+// managed plugin's (dockerd puts it in a folder named by plugin ID).
+func findSocket(explicit string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	candidates := []string{filepath.Join(pluginDir, "vxbridge.sock")}
+	managed, _ := filepath.Glob(filepath.Join(pluginDir, "*", "vxbridge.sock"))
+	for _, p := range append(candidates, managed...) {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("no vxbridge socket found; is the plugin running? (give --socket)")
+}

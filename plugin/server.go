@@ -1,0 +1,121 @@
+// Package plugin serves vxbridge's NetworkDriver and IpamDriver on one unix
+// socket, as a managed plugin needs: go-plugins-helpers' network and ipam
+// handlers each announce only their own type, so the routes are registered
+// here on one sdk.Handler whose manifest names both.
+package plugin
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+	netapi "github.com/docker/go-plugins-helpers/network"
+	"github.com/docker/go-plugins-helpers/sdk"
+)
+
+const manifest = `{"Implements": ["NetworkDriver", "IpamDriver"]}`
+
+// StatePath is vxbridge's own route: a JSON dump of what the plugin holds
+// (networks, endpoints, pools, addresses), read by `vxbridge state`.
+const StatePath = "/VxBridge.State"
+
+// NewHandler routes every protocol call to d and a, and StatePath to state.
+func NewHandler(d netapi.Driver, a ipamapi.Ipam, state func() (any, error), log *slog.Logger) sdk.Handler {
+	h := sdk.NewHandler(manifest)
+	r := router{h: h, log: log}
+
+	route(r, "/NetworkDriver.GetCapabilities", noRequest(d.GetCapabilities))
+	route(r, "/NetworkDriver.CreateNetwork", noResult(d.CreateNetwork))
+	route(r, "/NetworkDriver.AllocateNetwork", d.AllocateNetwork)
+	route(r, "/NetworkDriver.DeleteNetwork", noResult(d.DeleteNetwork))
+	route(r, "/NetworkDriver.FreeNetwork", noResult(d.FreeNetwork))
+	route(r, "/NetworkDriver.CreateEndpoint", d.CreateEndpoint)
+	route(r, "/NetworkDriver.DeleteEndpoint", noResult(d.DeleteEndpoint))
+	route(r, "/NetworkDriver.EndpointOperInfo", d.EndpointInfo)
+	route(r, "/NetworkDriver.Join", d.Join)
+	route(r, "/NetworkDriver.Leave", noResult(d.Leave))
+	route(r, "/NetworkDriver.DiscoverNew", noResult(d.DiscoverNew))
+	route(r, "/NetworkDriver.DiscoverDelete", noResult(d.DiscoverDelete))
+	route(r, "/NetworkDriver.ProgramExternalConnectivity", noResult(d.ProgramExternalConnectivity))
+	route(r, "/NetworkDriver.RevokeExternalConnectivity", noResult(d.RevokeExternalConnectivity))
+
+	route(r, "/IpamDriver.GetCapabilities", noRequest(a.GetCapabilities))
+	route(r, "/IpamDriver.GetDefaultAddressSpaces", noRequest(a.GetDefaultAddressSpaces))
+	route(r, "/IpamDriver.RequestPool", a.RequestPool)
+	route(r, "/IpamDriver.ReleasePool", noResult(a.ReleasePool))
+	route(r, "/IpamDriver.RequestAddress", a.RequestAddress)
+	route(r, "/IpamDriver.ReleaseAddress", noResult(a.ReleaseAddress))
+
+	route(r, StatePath, func(*struct{}) (*any, error) {
+		s, err := state()
+		return &s, err
+	})
+	return h
+}
+
+type router struct {
+	h   sdk.Handler
+	log *slog.Logger
+}
+
+// empty is the body of a successful call that returns nothing.
+type empty struct{}
+
+// route registers one protocol method: decode the JSON request, call fn,
+// encode its result or {"Err": …}. A panic becomes an error answer, never a
+// dead connection.
+func route[Req, Res any](r router, path string, fn func(*Req) (*Res, error)) {
+	r.h.HandleFunc(path, func(w http.ResponseWriter, hr *http.Request) {
+		start := time.Now()
+		var err error
+		defer func() {
+			if p := recover(); p != nil {
+				r.log.Error("panic in handler", "call", path, "panic", p, "stack", string(debug.Stack()))
+				sdk.EncodeResponse(w, netapi.NewErrorResponse(fmt.Sprintf("internal error in %s: %v", path, p)), true)
+			}
+		}()
+		req := new(Req)
+		if err = decode(hr.Body, req); err != nil {
+			err = fmt.Errorf("malformed request: %w", err)
+		} else {
+			var res *Res
+			if res, err = fn(req); err == nil {
+				if res == nil {
+					sdk.EncodeResponse(w, empty{}, false)
+				} else {
+					sdk.EncodeResponse(w, res, false)
+				}
+				r.log.Debug("call", "call", path, "took", time.Since(start))
+				return
+			}
+		}
+		r.log.Warn("call failed", "call", path, "err", err, "took", time.Since(start))
+		sdk.EncodeResponse(w, netapi.NewErrorResponse(err.Error()), true)
+	})
+}
+
+// decode reads a JSON body; an empty body or JSON null leaves req zero, as
+// dockerd sends for calls without arguments.
+func decode(body io.Reader, req any) error {
+	b, err := io.ReadAll(io.LimitReader(body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	return json.Unmarshal(b, req)
+}
+
+func noRequest[Res any](fn func() (*Res, error)) func(*struct{}) (*Res, error) {
+	return func(*struct{}) (*Res, error) { return fn() }
+}
+
+func noResult[Req any](fn func(*Req) error) func(*Req) (*empty, error) {
+	return func(req *Req) (*empty, error) { return nil, fn(req) }
+}
