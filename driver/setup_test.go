@@ -1,0 +1,148 @@
+package driver
+
+import (
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// inNewNetns runs fn in a fresh network namespace on a locked thread, so
+// kernel steps are tested without touching the host. Needs root; CI runs
+// these as root.
+func inNewNetns(t *testing.T, fn func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace (CI runs it as root)")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New() // unshares and switches this thread
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer netns.Set(orig)
+	fn()
+}
+
+func testNetwork() *Network {
+	return &Network{
+		ID:       strings.Repeat("ab", 32),
+		Options:  netOptions{Bridge: "vxb-test", MTU: 1400, ICC: true, IPv6: true},
+		Gateway4: netip.MustParsePrefix("10.9.0.1/24"),
+		Gateway6: netip.MustParsePrefix("fd09::1/64"),
+	}
+}
+
+func TestBridgeAndVeth(t *testing.T) {
+	inNewNetns(t, func() {
+		n := testNetwork()
+		for i := 0; i < 2; i++ { // a second run must be a no-op
+			if err := ensureBridge(n); err != nil {
+				t.Fatalf("ensureBridge run %d: %v", i+1, err)
+			}
+		}
+		br, err := netlink.LinkByName("vxb-test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if br.Attrs().MTU != 1400 || br.Attrs().Flags&(1<<0) == 0 {
+			t.Fatalf("bridge MTU %d flags %v", br.Attrs().MTU, br.Attrs().Flags)
+		}
+		addrs, _ := netlink.AddrList(br, netlink.FAMILY_ALL)
+		var got []string
+		for _, a := range addrs {
+			got = append(got, a.IPNet.String())
+		}
+		if s := strings.Join(got, " "); !strings.Contains(s, "10.9.0.1/24") || !strings.Contains(s, "fd09::1/64") {
+			t.Fatalf("bridge addresses %s", s)
+		}
+
+		ep := &Endpoint{ID: "e1", HostIf: "vxv-e1", PeerIf: "vxc-e1", MAC: macFor(netip.MustParsePrefix("10.9.0.2/24"))}
+		if err := createVeth(ep, "vxb-test", 1400); err != nil {
+			t.Fatal(err)
+		}
+		host, _ := netlink.LinkByName("vxv-e1")
+		peer, _ := netlink.LinkByName("vxc-e1")
+		if host == nil || peer == nil || host.Attrs().MasterIndex != br.Attrs().Index {
+			t.Fatalf("veth not made or not on the bridge")
+		}
+		if peer.Attrs().HardwareAddr.String() != "02:42:0a:09:00:02" || peer.Attrs().MTU != 1400 {
+			t.Fatalf("peer MAC %s MTU %d", peer.Attrs().HardwareAddr, peer.Attrs().MTU)
+		}
+		// A duplicate endpoint fails with the name of the veth.
+		if err := createVeth(ep, "vxb-test", 1400); err == nil || !strings.Contains(err.Error(), "vxv-e1") {
+			t.Fatalf("duplicate veth: %v", err)
+		}
+		if err := deleteVeth("vxv-e1"); err != nil || linkExists("vxc-e1") {
+			t.Fatalf("deleteVeth: %v", err)
+		}
+		if err := deleteVeth("vxv-e1"); err != nil {
+			t.Fatalf("second deleteVeth: %v", err)
+		}
+		if err := deleteBridge("vxb-test"); err != nil || linkExists("vxb-test") {
+			t.Fatalf("deleteBridge: %v", err)
+		}
+	})
+}
+
+func TestBridgeNameHeldByAnotherKind(t *testing.T) {
+	inNewNetns(t, func() {
+		la := netlink.NewLinkAttrs()
+		la.Name = "vxb-test"
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "vxb-peer"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ensureBridge(testNetwork()); err == nil || !strings.Contains(err.Error(), "veth") {
+			t.Fatalf("want an error naming the other interface type, got %v", err)
+		}
+	})
+}
+
+func TestFirewallRules(t *testing.T) {
+	inNewNetns(t, func() {
+		fw, err := newFirewall()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if err := fw.setup(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n := testNetwork()
+		for i := 0; i < 2; i++ {
+			if err := fw.ensure(n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, ipt := range []*iptables.IPTables{fw.v4, fw.v6} {
+			fwd, _ := ipt.List("filter", "FORWARD")
+			if c := strings.Count(strings.Join(fwd, "\n"), "-j "+chainForward); c != 1 {
+				t.Fatalf("%d jumps to %s in FORWARD:\n%s", c, chainForward, strings.Join(fwd, "\n"))
+			}
+			own, _ := ipt.List("filter", chainForward)
+			if len(own) != 1+len(networkRules(n)) {
+				t.Fatalf("rules after two ensures:\n%s", strings.Join(own, "\n"))
+			}
+		}
+		if err := fw.remove(n); err != nil {
+			t.Fatal(err)
+		}
+		own, _ := fw.v4.List("filter", chainForward)
+		if len(own) != 1 {
+			t.Fatalf("rules left after remove:\n%s", strings.Join(own, "\n"))
+		}
+	})
+}
