@@ -34,7 +34,7 @@ const (
 	endpointKeys = "driver/endpoints/"
 )
 
-func networkKey(id string) string       { return networkKeys + id }
+func networkKey(id string) string        { return networkKeys + id }
 func endpointKey(nid, eid string) string { return endpointKeys + nid + "/" + eid }
 
 // errNoRecord marks a lookup of a network or endpoint vxbridge never made.
