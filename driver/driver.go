@@ -26,6 +26,10 @@ type Driver struct {
 	// deletion; requests for different endpoints still run in parallel
 	// under the read lock.
 	mu sync.RWMutex
+	// portsMu serialises publishing, so two endpoints never both get one
+	// host port; reserved holds each endpoint's open host ports.
+	portsMu  sync.Mutex
+	reserved map[string]reservation
 }
 
 var _ api.Driver = (*Driver)(nil)
@@ -41,25 +45,51 @@ func New(s store.Store, log *slog.Logger) (*Driver, error) {
 	if err := fw.setup(); err != nil {
 		return nil, err
 	}
-	d := &Driver{store: s, fw: fw, log: log}
+	d := &Driver{store: s, fw: fw, log: log, reserved: map[string]reservation{}}
 	if err := d.restore(); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// restore rebuilds bridges and rules of the persisted networks.
+// restore rebuilds bridges, rules and published ports of the persisted
+// networks and endpoints.
 func (d *Driver) restore() error {
 	nets, err := loadAll[Network](d.store, networkKeys)
 	if err != nil {
 		return fmt.Errorf("load networks: %w", err)
 	}
+	ports := 0
 	for _, n := range nets {
 		if err := d.ensureNetwork(n); err != nil {
 			return fmt.Errorf("restore network %s: %w", short(n.ID, 12), err)
 		}
+		eps, err := loadAll[Endpoint](d.store, endpointKeys+n.ID+"/")
+		if err != nil {
+			return fmt.Errorf("load endpoints: %w", err)
+		}
+		for _, ep := range eps {
+			if len(ep.Ports) == 0 {
+				continue
+			}
+			// Hold the ports again; one taken meanwhile is reported but
+			// the rules still go in, so the container stays reachable.
+			reqs := make([]portRequest, len(ep.Ports))
+			for i, b := range ep.Ports {
+				reqs[i] = portRequest{PortBinding: b, HostPortEnd: b.HostPort}
+			}
+			if _, res, err := reserve(reqs); err != nil {
+				d.log.Warn("restore published ports", "endpoint", short(ep.ID, 12), "err", err)
+			} else {
+				d.reserved[ep.ID] = res
+			}
+			if err := d.fw.ensure(endpointPortRules(n, ep), false); err != nil {
+				return fmt.Errorf("restore ports of endpoint %s: %w", short(ep.ID, 12), err)
+			}
+			ports += len(ep.Ports)
+		}
 	}
-	d.log.Info("restored networks", "count", len(nets))
+	d.log.Info("restored", "networks", len(nets), "published ports", ports)
 	return nil
 }
 
@@ -67,7 +97,7 @@ func (d *Driver) ensureNetwork(n *Network) error {
 	if err := ensureBridge(n); err != nil {
 		return err
 	}
-	return d.fw.ensure(n)
+	return d.fw.ensure(networkRules(n), n.Options.IPv6)
 }
 
 // GetCapabilities: networks are local to a host; several hosts share one
@@ -187,7 +217,7 @@ func (d *Driver) teardownNetwork(n *Network) error {
 			return err
 		}
 	}
-	if err := d.fw.remove(n); err != nil {
+	if err := d.fw.remove(networkRules(n), n.Options.IPv6); err != nil {
 		return err
 	}
 	if err := deleteBridge(n.Options.Bridge); err != nil {
@@ -272,6 +302,10 @@ func (d *Driver) DeleteEndpoint(req *api.DeleteEndpointRequest) error {
 }
 
 func (d *Driver) teardownEndpoint(ep *Endpoint) error {
+	// dockerd skips Revoke when it could not reach the plugin.
+	if err := d.unpublish(ep); err != nil {
+		return err
+	}
 	if err := deleteVeth(ep.HostIf); err != nil {
 		return err
 	}
@@ -289,7 +323,11 @@ func (d *Driver) EndpointInfo(req *api.InfoRequest) (*api.InfoResponse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", short(req.EndpointID, 12), err)
 	}
-	return &api.InfoResponse{Value: map[string]string{"veth": ep.HostIf, "mac": ep.MAC}}, nil
+	info := map[string]string{"veth": ep.HostIf, "mac": ep.MAC}
+	for i, b := range ep.Ports {
+		info[fmt.Sprintf("port%d", i)] = b.String()
+	}
+	return &api.InfoResponse{Value: info}, nil
 }
 
 // Join hands the peer to dockerd, which moves it into the container as
@@ -298,13 +336,9 @@ func (d *Driver) EndpointInfo(req *api.InfoRequest) (*api.InfoResponse, error) {
 func (d *Driver) Join(req *api.JoinRequest) (*api.JoinResponse, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	n, err := load[Network](d.store, networkKey(req.NetworkID))
+	n, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
 	if err != nil {
-		return nil, fmt.Errorf("network %s: %w", short(req.NetworkID, 12), err)
-	}
-	ep, err := load[Endpoint](d.store, endpointKey(req.NetworkID, req.EndpointID))
-	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: %w", short(req.EndpointID, 12), err)
+		return nil, err
 	}
 	res := &api.JoinResponse{InterfaceName: api.InterfaceName{SrcName: ep.PeerIf, DstPrefix: "eth"}}
 	if !n.Options.Internal {
@@ -321,17 +355,6 @@ func (d *Driver) Join(req *api.JoinRequest) (*api.JoinResponse, error) {
 // Leave needs no work: dockerd moves the peer back to the host, and
 // DeleteEndpoint removes the pair.
 func (d *Driver) Leave(*api.LeaveRequest) error { return nil }
-
-// ProgramExternalConnectivity and RevokeExternalConnectivity carry
-// published ports; vxbridge does not publish ports yet.
-func (d *Driver) ProgramExternalConnectivity(*api.ProgramExternalConnectivityRequest) error {
-	return nil
-}
-
-// RevokeExternalConnectivity: see ProgramExternalConnectivity.
-func (d *Driver) RevokeExternalConnectivity(*api.RevokeExternalConnectivityRequest) error {
-	return nil
-}
 
 // AllocateNetwork and FreeNetwork belong to swarm's global scope, which
 // vxbridge does not use.

@@ -9,15 +9,43 @@ import (
 
 // vxbridge's rules live in its own chains, jumped to from the built-in
 // ones, so they never reorder or break Docker's chains and can be found and
-// removed exactly.
+// removed exactly. Every rule carries a comment naming its network (and
+// endpoint), so a listing tells whose it is.
 const (
-	chainForward = "VXBRIDGE-FORWARD"
-	dockerUser   = "DOCKER-USER"
+	chainForward     = "VXBRIDGE-FORWARD"     // filter: what may cross our bridges
+	chainIsolation1  = "VXBRIDGE-ISOLATION-1" // filter: leaving one of our bridges for another interface…
+	chainIsolation2  = "VXBRIDGE-ISOLATION-2" // filter: …and entering another of our bridges: drop
+	chainDNAT        = "VXBRIDGE-DNAT"        // nat: published ports
+	chainPostrouting = "VXBRIDGE-POSTROUTING" // nat: masquerade
+	dockerUser       = "DOCKER-USER"
 )
 
 type rule struct {
 	table, chain string
 	spec         []string
+	v4only       bool // NAT and published ports are IPv4 only, as Docker's are
+}
+
+// jump is a built-in chain's entry into one of ours. first puts it at the
+// top of the chain (after DOCKER-USER in FORWARD).
+type jump struct {
+	rule
+	first bool
+}
+
+var chains = []struct{ table, name string }{
+	{"filter", chainForward}, {"filter", chainIsolation1}, {"filter", chainIsolation2},
+	{"nat", chainDNAT}, {"nat", chainPostrouting},
+}
+
+var jumps = []jump{
+	{rule{"filter", "FORWARD", []string{"-j", chainForward}, false}, true},
+	{rule{"filter", chainForward, []string{"-j", chainIsolation1}, false}, true},
+	// Addresses of the host itself, from outside (PREROUTING) and from the
+	// host (OUTPUT, 127.0.0.1 included).
+	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, false},
+	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, false},
+	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, true}, true},
 }
 
 // firewall programs IPv4 and IPv6 rules through the iptables binary, the
@@ -38,79 +66,142 @@ func newFirewall() (*firewall, error) {
 	return &firewall{v4: v4, v6: v6}, nil
 }
 
-func (f *firewall) tables(ipv6 bool) []*iptables.IPTables {
-	if ipv6 {
+// tables returns the iptables of the families a rule applies to.
+func (f *firewall) tables(r rule, ipv6 bool) []*iptables.IPTables {
+	if ipv6 && !r.v4only {
 		return []*iptables.IPTables{f.v4, f.v6}
 	}
 	return []*iptables.IPTables{f.v4}
 }
 
-// setup makes vxbridge's chains and the jumps to them. The FORWARD jump
-// goes right after Docker's DOCKER-USER jump, so rules users put there
-// still come first, as Docker documents.
+// setup makes vxbridge's chains and the jumps to them; it is idempotent and
+// runs at every start, since a reboot or firewall reload may have removed
+// them. The FORWARD jump goes right after Docker's DOCKER-USER jump, so
+// rules users put there still come first, as Docker documents.
 func (f *firewall) setup() error {
-	for _, t := range f.tables(true) {
-		exists, err := t.ChainExists("filter", chainForward)
-		if err != nil {
-			return fmt.Errorf("check chain %s: %w", chainForward, err)
-		}
-		if !exists {
-			if err := t.NewChain("filter", chainForward); err != nil {
-				return fmt.Errorf("create chain %s: %w", chainForward, err)
+	for _, t := range []*iptables.IPTables{f.v4, f.v6} {
+		for _, c := range chains {
+			if ok, err := t.ChainExists(c.table, c.name); err != nil {
+				return fmt.Errorf("check chain %s: %w", c.name, err)
+			} else if !ok {
+				if err := t.NewChain(c.table, c.name); err != nil {
+					return fmt.Errorf("create chain %s: %w", c.name, err)
+				}
 			}
 		}
-		jump := []string{"-j", chainForward}
-		if ok, err := t.Exists("filter", "FORWARD", jump...); err != nil {
-			return fmt.Errorf("check jump to %s: %w", chainForward, err)
-		} else if ok {
-			continue
-		}
-		pos := 1
-		if rules, err := t.List("filter", "FORWARD"); err == nil {
-			// rules[0] is the policy line; rule numbers start at 1.
-			if i := slices.Index(rules, "-A FORWARD -j "+dockerUser); i > 0 {
-				pos = i + 1
+	}
+	for _, j := range jumps {
+		for _, t := range f.tables(j.rule, true) {
+			if ok, err := t.Exists(j.table, j.chain, j.spec...); err != nil {
+				return fmt.Errorf("check jump from %s: %w", j.chain, err)
+			} else if ok {
+				continue
 			}
-		}
-		if err := t.Insert("filter", "FORWARD", pos, jump...); err != nil {
-			return fmt.Errorf("insert jump to %s: %w", chainForward, err)
+			var err error
+			if j.first {
+				err = t.Insert(j.table, j.chain, firstPosition(t, j.table, j.chain), j.spec...)
+			} else {
+				err = t.Append(j.table, j.chain, j.spec...)
+			}
+			if err != nil {
+				return fmt.Errorf("add jump from %s: %w", j.chain, err)
+			}
 		}
 	}
 	return nil
 }
 
-// networkRules is every rule one network owns, tagged with its ID so a
-// listing tells whose rule it is.
+// firstPosition is 1, or right after DOCKER-USER's jump where there is one.
+func firstPosition(t *iptables.IPTables, table, chain string) int {
+	rules, err := t.List(table, chain)
+	if err != nil {
+		return 1
+	}
+	// rules[0] is the policy line, so a rule's index is its number.
+	if i := slices.Index(rules, "-A "+chain+" -j "+dockerUser); i > 0 {
+		return i + 1
+	}
+	return 1
+}
+
+func tag(id string) []string {
+	return []string{"-m", "comment", "--comment", "vxbridge:" + id}
+}
+
+func spec(parts ...[]string) []string { return slices.Concat(parts...) }
+
+// networkRules is every rule one network owns.
 func networkRules(n *Network) []rule {
 	br := n.Options.Bridge
-	tag := []string{"-m", "comment", "--comment", "vxbridge:" + short(n.ID, 12)}
+	t := tag(short(n.ID, 12))
 	icc := "ACCEPT"
 	if !n.Options.ICC {
 		icc = "DROP"
 	}
+	rs := []rule{
+		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), false},
+		// Isolation: traffic leaving this bridge for another vxbridge
+		// bridge is dropped in ISOLATION-2.
+		{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", chainIsolation2}), false},
+		{"filter", chainIsolation2, spec([]string{"-o", br}, t, []string{"-j", "DROP"}), false},
+	}
+	if n.Options.Internal {
+		// No way out and no way in, whatever else the host allows.
+		return append(rs,
+			rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), false},
+			rule{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), false},
+		)
+	}
+	rs = append(rs,
+		rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "ACCEPT"}), false},
+		rule{"filter", chainForward, spec([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, t, []string{"-j", "ACCEPT"}), false},
+		// The host reaching a published port on 127.0.0.1: the container
+		// must see a source it can answer.
+		rule{"nat", chainPostrouting, spec([]string{"-o", br, "-m", "addrtype", "--src-type", "LOCAL"}, t, []string{"-j", "MASQUERADE"}), true},
+	)
+	if n.Options.Masquerade && n.Gateway4.IsValid() {
+		rs = append(rs, rule{"nat", chainPostrouting, spec([]string{"-s", n.Gateway4.Masked().String(), "!", "-o", br}, t, []string{"-j", "MASQUERADE"}), true})
+	}
+	return rs
+}
+
+// portRules is every rule one published port owns: DNAT to the container,
+// FORWARD accept into the bridge, and masquerade for hairpin traffic (a
+// container reaching its own published port through the host address).
+func portRules(n *Network, ep *Endpoint, b PortBinding) []rule {
+	br := n.Options.Bridge
+	t := tag(short(n.ID, 12) + ":" + short(ep.ID, 12))
+	cip := ep.Addr4.Addr().String()
+	cport := fmt.Sprint(b.ContainerPort)
+	dst := []string{"-p", b.Proto}
+	if b.HostIP.IsValid() {
+		dst = append(dst, "-d", b.HostIP.String())
+	}
 	return []rule{
-		{"filter", chainForward, append([]string{"-i", br, "-o", br}, append(tag, "-j", icc)...)},
+		{"nat", chainDNAT, spec(dst, []string{"--dport", fmt.Sprint(b.HostPort)}, t, []string{"-j", "DNAT", "--to-destination", cip + ":" + cport}), true},
+		{"filter", chainForward, spec([]string{"-d", cip, "!", "-i", br, "-o", br, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "ACCEPT"}), true},
+		{"nat", chainPostrouting, spec([]string{"-s", cip, "-d", cip, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "MASQUERADE"}), true},
 	}
 }
 
 // ensure adds the rules that are missing; existing ones stay in place.
-func (f *firewall) ensure(n *Network) error {
-	for _, t := range f.tables(n.Options.IPv6) {
-		for _, r := range networkRules(n) {
+func (f *firewall) ensure(rs []rule, ipv6 bool) error {
+	for _, r := range rs {
+		for _, t := range f.tables(r, ipv6) {
 			if err := t.AppendUnique(r.table, r.chain, r.spec...); err != nil {
-				return fmt.Errorf("add rule to %s for network %s: %w", r.chain, short(n.ID, 12), err)
+				return fmt.Errorf("add rule to %s: %w", r.chain, err)
 			}
 		}
 	}
 	return nil
 }
 
-// remove deletes the network's rules; absent ones are fine.
-func (f *firewall) remove(n *Network) error {
-	for _, t := range f.tables(n.Options.IPv6) {
-		for _, r := range networkRules(n) {
+// remove deletes the rules; absent ones are fine.
+func (f *firewall) remove(rs []rule, ipv6 bool) error {
+	for _, r := range rs {
+		for _, t := range f.tables(r, ipv6) {
 			if err := t.DeleteIfExists(r.table, r.chain, r.spec...); err != nil {
-				return fmt.Errorf("delete rule from %s for network %s: %w", r.chain, short(n.ID, 12), err)
+				return fmt.Errorf("delete rule from %s: %w", r.chain, err)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
 	"sort"
 	"strconv"
@@ -15,7 +16,11 @@ const (
 	optBridgeName = "com.docker.network.bridge.name"
 	optMTU        = "com.docker.network.driver.mtu"
 	optICC        = "com.docker.network.bridge.enable_icc"
+	optMasquerade = "com.docker.network.bridge.enable_ip_masquerade"
+	optHostIPv4   = "com.docker.network.bridge.host_binding_ipv4"
 )
+
+var knownOptions = []string{optBridgeName, optMTU, optICC, optMasquerade, optHostIPv4}
 
 // Top-level keys dockerd sets in CreateNetwork's Options.
 const (
@@ -39,9 +44,13 @@ var bridgeNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$`)
 
 // netOptions is what a user can choose for one network.
 type netOptions struct {
-	Bridge   string
-	MTU      int
-	ICC      bool
+	Bridge     string
+	MTU        int
+	ICC        bool
+	Masquerade bool
+	// HostIPv4 is where -p without an address publishes; unset means every
+	// address of the host.
+	HostIPv4 netip.Addr `json:",omitempty"`
 	Internal bool
 	IPv6     bool
 }
@@ -49,7 +58,7 @@ type netOptions struct {
 // parseNetOptions reads CreateNetwork's Options. Unknown -o keys are
 // refused, naming the key, so a typo never silently falls back to a default.
 func parseNetOptions(networkID string, opts map[string]interface{}) (netOptions, error) {
-	o := netOptions{Bridge: bridgeName(networkID), MTU: defaultMTU, ICC: true}
+	o := netOptions{Bridge: bridgeName(networkID), MTU: defaultMTU, ICC: true, Masquerade: true}
 	var err error
 	if o.IPv6, err = boolOption(opts, keyEnableIPv6); err != nil {
 		return o, err
@@ -80,14 +89,26 @@ func parseNetOptions(networkID string, opts map[string]interface{}) (netOptions,
 				return o, fmt.Errorf("invalid %s %q: must be a number from %d to %d", k, v, minMTU, maxMTU)
 			}
 			o.MTU = mtu
-		case optICC:
+		case optICC, optMasquerade:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return o, fmt.Errorf("invalid %s %q: must be true or false", k, v)
 			}
-			o.ICC = b
+			if k == optICC {
+				o.ICC = b
+			} else {
+				o.Masquerade = b
+			}
+		case optHostIPv4:
+			ip, err := netip.ParseAddr(v)
+			if err != nil || !ip.Is4() {
+				return o, fmt.Errorf("invalid %s %q: must be an IPv4 address", k, v)
+			}
+			if !ip.IsUnspecified() {
+				o.HostIPv4 = ip
+			}
 		default:
-			return o, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join([]string{optBridgeName, optMTU, optICC}, ", "))
+			return o, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(knownOptions, ", "))
 		}
 	}
 	return o, nil

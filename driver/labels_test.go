@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -20,11 +21,14 @@ func TestParseNetOptions(t *testing.T) {
 		want    netOptions
 		wantErr string
 	}{
-		{"defaults", nil, netOptions{Bridge: "vxb-0123456789a", MTU: 1500, ICC: true}, ""},
+		{"defaults", nil, netOptions{Bridge: "vxb-0123456789a", MTU: 1500, ICC: true, Masquerade: true}, ""},
 		{"all set", map[string]interface{}{
 			keyEnableIPv6: true, keyInternal: true,
-			keyGeneric: map[string]interface{}{optBridgeName: "br-web", optMTU: "1400", optICC: "false"},
-		}, netOptions{Bridge: "br-web", MTU: 1400, ICC: false, Internal: true, IPv6: true}, ""},
+			keyGeneric: map[string]interface{}{optBridgeName: "br-web", optMTU: "1400", optICC: "false", optMasquerade: "false", optHostIPv4: "127.0.0.1"},
+		}, netOptions{Bridge: "br-web", MTU: 1400, ICC: false, Internal: true, IPv6: true, HostIPv4: netip.MustParseAddr("127.0.0.1")}, ""},
+		{"host binding everywhere", generic(optHostIPv4, "0.0.0.0"), netOptions{Bridge: "vxb-0123456789a", MTU: 1500, ICC: true, Masquerade: true}, ""},
+		{"host binding not IPv4", generic(optHostIPv4, "::1"), netOptions{}, "invalid com.docker.network.bridge.host_binding_ipv4"},
+		{"masquerade not a bool", generic(optMasquerade, "yes please"), netOptions{}, "invalid com.docker.network.bridge.enable_ip_masquerade"},
 		{"unknown key", generic("colour", "blue"), netOptions{}, `unknown option "colour"`},
 		{"mtu too small", generic(optMTU, "67"), netOptions{}, `invalid com.docker.network.driver.mtu "67"`},
 		{"mtu too big", generic(optMTU, "65536"), netOptions{}, "must be a number from 68 to 65535"},

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,6 +53,13 @@ func ensureBridge(n *Network) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set bridge %s up: %w", name, err)
 	}
+	if !n.Options.Internal {
+		// Ports published on 127.0.0.1 are DNATed out of this bridge with
+		// a loopback source, which the kernel drops unless allowed here.
+		if err := setRouteLocalnet(link); err != nil {
+			return fmt.Errorf("allow localhost ports on bridge %s: %w", name, err)
+		}
+	}
 	return nil
 }
 
@@ -77,4 +85,23 @@ func isNotFound(err error) bool {
 
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// ipv4DevconfRouteLocalnet is IPV4_DEVCONF_ROUTE_LOCALNET from linux/ip.h.
+const ipv4DevconfRouteLocalnet = 26
+
+// setRouteLocalnet sets net.ipv4.conf.<link>.route_localnet=1 over
+// netlink: a managed plugin sees /proc/sys read-only, but CAP_NET_ADMIN
+// may still change a device's IPv4 settings this way.
+func setRouteLocalnet(link netlink.Link) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(link.Attrs().Index)
+	req.AddData(msg)
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	conf := spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil)
+	conf.AddRtAttr(ipv4DevconfRouteLocalnet, nl.Uint32Attr(1))
+	req.AddData(spec)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }

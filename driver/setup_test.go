@@ -122,9 +122,19 @@ func TestFirewallRules(t *testing.T) {
 			}
 		}
 		n := testNetwork()
-		for i := 0; i < 2; i++ {
-			if err := fw.ensure(n); err != nil {
+		ep := &Endpoint{ID: "e1", NetworkID: n.ID, Addr4: netip.MustParsePrefix("10.9.0.2/24"),
+			Ports: []PortBinding{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
+		rules := append(networkRules(n), endpointPortRules(n, ep)...)
+		for i := 0; i < 2; i++ { // idempotent: no duplicates on a second run
+			if err := fw.ensure(rules, true); err != nil {
 				t.Fatal(err)
+			}
+		}
+		for _, r := range rules {
+			for _, ipt := range fw.tables(r, true) {
+				if ok, err := ipt.Exists(r.table, r.chain, r.spec...); err != nil || !ok {
+					t.Fatalf("rule %v missing in %s: %v", r.spec, r.chain, err)
+				}
 			}
 		}
 		for _, ipt := range []*iptables.IPTables{fw.v4, fw.v6} {
@@ -132,17 +142,40 @@ func TestFirewallRules(t *testing.T) {
 			if c := strings.Count(strings.Join(fwd, "\n"), "-j "+chainForward); c != 1 {
 				t.Fatalf("%d jumps to %s in FORWARD:\n%s", c, chainForward, strings.Join(fwd, "\n"))
 			}
-			own, _ := ipt.List("filter", chainForward)
-			if len(own) != 1+len(networkRules(n)) {
-				t.Fatalf("rules after two ensures:\n%s", strings.Join(own, "\n"))
+		}
+		v4rules := 0
+		for _, c := range chains {
+			l, _ := fw.v4.List(c.table, c.name)
+			for _, x := range l {
+				if strings.Contains(x, "vxbridge:") {
+					v4rules++
+				}
 			}
 		}
-		if err := fw.remove(n); err != nil {
+		if v4rules != len(rules) {
+			t.Fatalf("%d tagged IPv4 rules after two runs, want %d", v4rules, len(rules))
+		}
+		if err := fw.remove(rules, true); err != nil {
 			t.Fatal(err)
 		}
-		own, _ := fw.v4.List("filter", chainForward)
-		if len(own) != 1 {
-			t.Fatalf("rules left after remove:\n%s", strings.Join(own, "\n"))
+		for _, r := range rules {
+			for _, ipt := range fw.tables(r, true) {
+				if ok, _ := ipt.Exists(r.table, r.chain, r.spec...); ok {
+					t.Fatalf("rule %v left after remove", r.spec)
+				}
+			}
+		}
+	})
+}
+
+func TestRouteLocalnetSetOverNetlink(t *testing.T) {
+	inNewNetns(t, func() {
+		if err := ensureBridge(testNetwork()); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/vxb-test/route_localnet")
+		if err != nil || strings.TrimSpace(string(b)) != "1" {
+			t.Fatalf("route_localnet = %q, %v; want 1", b, err)
 		}
 	})
 }

@@ -27,6 +27,12 @@ func createVeth(ep *Endpoint, bridge string, mtu int) error {
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", ep.HostIf, err)
 	}
+	// Hairpin lets a container reach its own published port through the
+	// host address: DNAT sends the packet back out the port it came in by.
+	if err := netlink.LinkSetHairpin(veth, true); err != nil {
+		deleteVeth(ep.HostIf)
+		return fmt.Errorf("set hairpin on veth %s: %w", ep.HostIf, err)
+	}
 	if err := netlink.LinkSetUp(veth); err != nil {
 		deleteVeth(ep.HostIf)
 		return fmt.Errorf("set veth %s up: %w", ep.HostIf, err)

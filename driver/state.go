@@ -27,6 +27,8 @@ type Endpoint struct {
 	MAC       string
 	Addr4     netip.Prefix `json:",omitempty"`
 	Addr6     netip.Prefix `json:",omitempty"`
+	// Ports are the published ports as programmed (host ports chosen).
+	Ports []PortBinding `json:",omitempty"`
 }
 
 const (
@@ -84,6 +86,15 @@ func create(s store.Store, key string, v any) error {
 		}
 		return b, nil
 	})
+}
+
+// save overwrites the record under key.
+func save(s store.Store, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.Update(key, func([]byte) ([]byte, error) { return b, nil })
 }
 
 func remove(s store.Store, key string) error {

@@ -1,0 +1,118 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+
+	api "github.com/docker/go-plugins-helpers/network"
+)
+
+// dockerd programs no DNAT and starts no proxy for a remote driver: the
+// plugin publishes ports itself, in the kernel (DNAT), for the endpoint
+// that carries the container's default route.
+
+// ProgramExternalConnectivity publishes the endpoint's ports (-p, -P).
+// Either every binding is programmed and recorded, or none is.
+func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivityRequest) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	n, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
+	if err != nil {
+		return err
+	}
+	reqs, err := parsePortMap(req.Options, n.Options.HostIPv4)
+	if err != nil || len(reqs) == 0 {
+		return err
+	}
+	if n.Options.Internal {
+		d.log.Warn("not publishing ports on an internal network", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12))
+		return nil
+	}
+	if !ep.Addr4.IsValid() {
+		return errors.New("publish ports: the endpoint has no IPv4 address")
+	}
+	d.portsMu.Lock()
+	defer d.portsMu.Unlock()
+	if len(ep.Ports) > 0 {
+		return nil // already published: dockerd repeats this as the gateway moves
+	}
+	bindings, res, err := reserve(reqs)
+	if err != nil {
+		return err
+	}
+	ep.Ports = bindings
+	rules := endpointPortRules(n, ep)
+	if err := d.fw.ensure(rules, false); err != nil {
+		d.fw.remove(rules, false)
+		res.release()
+		return fmt.Errorf("publish ports: %w", err)
+	}
+	if err := save(d.store, endpointKey(n.ID, ep.ID), ep); err != nil {
+		d.fw.remove(rules, false)
+		res.release()
+		return fmt.Errorf("record published ports: %w", err)
+	}
+	d.reserved[ep.ID] = res
+	for _, b := range bindings {
+		d.log.Info("published", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "port", b.String(), "container", ep.Addr4.Addr())
+	}
+	return nil
+}
+
+// RevokeExternalConnectivity withdraws the endpoint's published ports.
+func (d *Driver) RevokeExternalConnectivity(req *api.RevokeExternalConnectivityRequest) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	_, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
+	if errors.Is(err, errNoRecord) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return d.unpublish(ep)
+}
+
+// unpublish removes the endpoint's port rules, frees its host ports and
+// records that. Nothing published is a no-op.
+func (d *Driver) unpublish(ep *Endpoint) error {
+	d.portsMu.Lock()
+	defer d.portsMu.Unlock()
+	if len(ep.Ports) == 0 {
+		return nil
+	}
+	n, err := load[Network](d.store, networkKey(ep.NetworkID))
+	if err != nil {
+		return fmt.Errorf("network %s: %w", short(ep.NetworkID, 12), err)
+	}
+	if err := d.fw.remove(endpointPortRules(n, ep), false); err != nil {
+		return fmt.Errorf("unpublish ports: %w", err)
+	}
+	d.reserved[ep.ID].release()
+	delete(d.reserved, ep.ID)
+	for _, b := range ep.Ports {
+		d.log.Info("unpublished", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "port", b.String())
+	}
+	ep.Ports = nil
+	return save(d.store, endpointKey(ep.NetworkID, ep.ID), ep)
+}
+
+func endpointPortRules(n *Network, ep *Endpoint) []rule {
+	var rs []rule
+	for _, b := range ep.Ports {
+		rs = append(rs, portRules(n, ep, b)...)
+	}
+	return rs
+}
+
+func (d *Driver) loadEndpoint(nid, eid string) (*Network, *Endpoint, error) {
+	n, err := load[Network](d.store, networkKey(nid))
+	if err != nil {
+		return nil, nil, fmt.Errorf("network %s: %w", short(nid, 12), err)
+	}
+	ep, err := load[Endpoint](d.store, endpointKey(nid, eid))
+	if err != nil {
+		return nil, nil, fmt.Errorf("endpoint %s: %w", short(eid, 12), err)
+	}
+	return n, ep, nil
+}
