@@ -176,11 +176,6 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 			return nil, err
 		}
 	}
-	if explicit {
-		if h, hit := overlapping(rec.Prefix, host); hit {
-			return nil, fmt.Errorf("pool %s overlaps %s in use on this host (set --ipam-opt %s=allow to use it anyway)", rec.Prefix, h, OptHostOverlap)
-		}
-	}
 
 	a.poolMu.Lock()
 	defer a.poolMu.Unlock()
@@ -189,8 +184,13 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		return nil, err
 	}
 	if explicit {
+		// Our own pools first: their bridges' routes are host routes too,
+		// and "already in use" is the clearer answer.
 		if e, hit := overlapping(rec.Prefix, existing); hit {
 			return nil, fmt.Errorf("pool %s overlaps pool %s already in use", rec.Prefix, e)
+		}
+		if h, hit := overlapping(rec.Prefix, host); hit {
+			return nil, fmt.Errorf("pool %s overlaps %s in use on this host (set --ipam-opt %s=allow to use it anyway)", rec.Prefix, h, OptHostOverlap)
 		}
 		if err := a.createPool(st, rec); err != nil {
 			return nil, err

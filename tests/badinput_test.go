@@ -39,7 +39,7 @@ func TestBadInputFailsClearlyAndLeavesNothing(t *testing.T) {
 		{"bad bridge name", []string{"network", "create", "-d", driverName, "-o", "com.docker.network.bridge.name=no/slash", name(t, "bad")}, `invalid com.docker.network.bridge.name`},
 		{"bridge name taken", []string{"network", "create", "-d", driverName, "-o", "com.docker.network.bridge.name=docker0", name(t, "bad")}, `bridge docker0`},
 		{"bad ICC", []string{"network", "create", "-d", driverName, "-o", "com.docker.network.bridge.enable_icc=maybe", name(t, "bad")}, `invalid com.docker.network.bridge.enable_icc`},
-		{"overlapping subnet", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--subnet", "10.232.5.0/24", name(t, "bad")}, "overlaps"},
+		{"overlapping subnet", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--subnet", "10.232.5.0/24", name(t, "bad")}, "overlaps pool 10.232.0.0/16 already in use"},
 		{"subnet over a host route", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--subnet", "172.17.0.0/24", name(t, "bad")}, "172.17.0.0/16"},
 		{"unknown IPAM option", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--ipam-opt", "colour=blue", name(t, "bad")}, `"colour"`},
 		{"duplicate --ip", []string{"run", "-d", "--name", name(t, "dup"), "--network", base, "--ip", "10.232.0.5", image, "sleep", "60"}, "already allocated"},
@@ -49,6 +49,7 @@ func TestBadInputFailsClearlyAndLeavesNothing(t *testing.T) {
 		t.Run(c.what, func(t *testing.T) {
 			before := footprint(t)
 			out := dockerFails(t, c.args...)
+			t.Logf("error: %s", strings.TrimSpace(out))
 			if !strings.Contains(out, c.want) {
 				t.Fatalf("error %q does not name the problem (want %q)", strings.TrimSpace(out), c.want)
 			}
