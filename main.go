@@ -3,6 +3,7 @@
 //
 //	vxbridge serve   run the plugin (managed plugin entrypoint, or a plain daemon)
 //	vxbridge state   print what a running plugin holds
+//	vxbridge ports   list published ports (docker ps cannot show a remote driver's)
 package main
 
 import (
@@ -20,6 +21,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"text/tabwriter"
+	"time"
 
 	"github.com/vxbridge/vxbridge/driver"
 	"github.com/vxbridge/vxbridge/ipam"
@@ -41,6 +44,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "state":
 		err = state(os.Args[2:])
+	case "ports":
+		err = ports(os.Args[2:])
 	default:
 		usage()
 	}
@@ -51,7 +56,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vxbridge serve [flags] | vxbridge state [flags]  (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: vxbridge serve|state|ports [flags]  (-h for flags)")
 	os.Exit(2)
 }
 
@@ -137,27 +142,9 @@ func snapshot(d *driver.Driver, a *ipam.Allocator) (any, error) {
 }
 
 func state(args []string) error {
-	fs := flag.NewFlagSet("state", flag.ExitOnError)
-	socket := fs.String("socket", "", "plugin socket (default: the legacy socket, else the managed plugin's)")
-	fs.Parse(args)
-	path, err := findSocket(*socket)
+	body, err := fetchState(args)
 	if err != nil {
 		return err
-	}
-	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", path)
-	}}}
-	res, err := c.Post("http://plugin"+plugin.StatePath, "application/json", strings.NewReader("{}"))
-	if err != nil {
-		return fmt.Errorf("ask %s: %w", path, err)
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	if err != nil {
-		return err
-	}
-	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", res.Status, body)
 	}
 	var v any
 	if err := json.Unmarshal(body, &v); err != nil {
@@ -166,6 +153,98 @@ func state(args []string) error {
 	out, _ := json.MarshalIndent(v, "", "  ")
 	fmt.Println(string(out))
 	return nil
+}
+
+// ports prints every published port with its container's and network's
+// names, which it asks dockerd for (the plugin never hears them).
+func ports(args []string) error {
+	body, err := fetchState(args)
+	if err != nil {
+		return err
+	}
+	var s Snapshot
+	if err := json.Unmarshal(body, &s); err != nil {
+		return fmt.Errorf("decode state: %w", err)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "CONTAINER\tNETWORK\tADDRESS\tPORTS")
+	names := map[string]dockerNetwork{}
+	for _, ep := range s.Endpoints {
+		if len(ep.Ports) == 0 {
+			continue
+		}
+		n, ok := names[ep.NetworkID]
+		if !ok {
+			n = inspectNetwork(ep.NetworkID)
+			names[ep.NetworkID] = n
+		}
+		container := ep.ID[:min(12, len(ep.ID))]
+		for _, c := range n.Containers {
+			if c.EndpointID == ep.ID {
+				container = c.Name
+			}
+		}
+		var ps []string
+		for _, b := range ep.Ports {
+			ps = append(ps, b.String())
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", container, n.Name, ep.Addr4.Addr(), strings.Join(ps, ", "))
+	}
+	return w.Flush()
+}
+
+// dockerNetwork is the part of dockerd's GET /networks/{id} that names
+// things.
+type dockerNetwork struct {
+	Name       string
+	Containers map[string]struct{ Name, EndpointID string }
+}
+
+// inspectNetwork asks dockerd (DOCKER_HOST or its default socket) for a
+// network's names; without an answer the network ID stands in.
+func inspectNetwork(id string) dockerNetwork {
+	fallback := dockerNetwork{Name: id[:min(12, len(id))]}
+	sock := strings.TrimPrefix(env("DOCKER_HOST", "unix:///var/run/docker.sock"), "unix://")
+	res, err := unixClient(sock).Get("http://docker/networks/" + id)
+	if err != nil {
+		return fallback
+	}
+	defer res.Body.Close()
+	var n dockerNetwork
+	if res.StatusCode != http.StatusOK || json.NewDecoder(res.Body).Decode(&n) != nil {
+		return fallback
+	}
+	return n
+}
+
+func unixClient(path string) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}}
+}
+
+// fetchState asks a running plugin for its state over its socket.
+func fetchState(args []string) ([]byte, error) {
+	fs := flag.NewFlagSet("state", flag.ExitOnError)
+	socket := fs.String("socket", "", "plugin socket (default: the legacy socket, else the managed plugin's)")
+	fs.Parse(args)
+	path, err := findSocket(*socket)
+	if err != nil {
+		return nil, err
+	}
+	res, err := unixClient(path).Post("http://plugin"+plugin.StatePath, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		return nil, fmt.Errorf("ask %s: %w", path, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return nil, err
+	}
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", res.Status, body)
+	}
+	return body, nil
 }
 
 // findSocket prefers an explicit path, then the legacy socket, then a

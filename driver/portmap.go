@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Keys under which dockerd passes port publishing in the endpoint options.
@@ -37,12 +39,17 @@ type PortBinding struct {
 	ContainerPort uint16
 }
 
+// String is the mapping as users read it: "0.0.0.0:8080->80/tcp".
 func (b PortBinding) String() string {
+	return fmt.Sprintf("%s->%d/%s", b.hostAddr(), b.ContainerPort, b.Proto)
+}
+
+func (b PortBinding) hostAddr() string {
 	host := "0.0.0.0"
 	if b.HostIP.IsValid() {
 		host = b.HostIP.String()
 	}
-	return fmt.Sprintf("%s:%d->%d/%s", host, b.HostPort, b.ContainerPort, b.Proto)
+	return net.JoinHostPort(host, strconv.Itoa(int(b.HostPort)))
 }
 
 // portRequest is a binding before its host port is chosen: a port in
@@ -52,7 +59,7 @@ type portRequest struct {
 	HostPortEnd uint16
 }
 
-var protoNames = map[int]string{syscall.IPPROTO_TCP: "tcp", syscall.IPPROTO_UDP: "udp"}
+var protoNames = map[int]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}
 
 // parsePortMap reads the requested bindings. defaultHostIP applies to
 // bindings without a host address (-p 8080:80), as Docker's
@@ -151,52 +158,34 @@ func bindOne(r portRequest) (PortBinding, io.Closer, error) {
 }
 
 // bindPort binds b's host address and port (0: any free one) and returns
-// the binding with the port the kernel gave.
+// the binding with the port the kernel gave. The socket is bound but never
+// listens: it holds the port against other programs, yet a connection that
+// somehow misses DNAT is refused instead of hanging in a backlog.
 func bindPort(b PortBinding) (PortBinding, io.Closer, error) {
-	host := ""
+	sotype := unix.SOCK_STREAM
+	if b.Proto == "udp" {
+		sotype = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(unix.AF_INET, sotype|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return b, nil, fmt.Errorf("reserve host port %s/%s: %w", b.hostAddr(), b.Proto, err)
+	}
+	sa := &unix.SockaddrInet4{Port: int(b.HostPort)}
 	if b.HostIP.IsValid() {
-		host = b.HostIP.String()
+		sa.Addr = b.HostIP.As4()
 	}
-	addr := net.JoinHostPort(host, strconv.Itoa(int(b.HostPort)))
-	var (
-		c    io.Closer
-		port int
-		err  error
-	)
-	switch b.Proto {
-	case "tcp":
-		var l *net.TCPListener
-		if l, err = listenTCP(addr); err == nil {
-			c, port = l, l.Addr().(*net.TCPAddr).Port
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EADDRINUSE) {
+			return b, nil, fmt.Errorf("host port %s/%s is already in use", b.hostAddr(), b.Proto)
 		}
-	case "udp":
-		var u *net.UDPConn
-		if u, err = listenUDP(addr); err == nil {
-			c, port = u, u.LocalAddr().(*net.UDPAddr).Port
-		}
+		return b, nil, fmt.Errorf("reserve host port %s/%s: %w", b.hostAddr(), b.Proto, err)
 	}
+	got, err := unix.Getsockname(fd)
 	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return b, nil, fmt.Errorf("host port %s/%s is already in use", addr, b.Proto)
-		}
-		return b, nil, fmt.Errorf("reserve host port %s/%s: %w", addr, b.Proto, err)
+		unix.Close(fd)
+		return b, nil, fmt.Errorf("reserve host port %s/%s: %w", b.hostAddr(), b.Proto, err)
 	}
-	b.HostPort = uint16(port)
-	return b, c, nil
-}
-
-func listenTCP(addr string) (*net.TCPListener, error) {
-	a, err := net.ResolveTCPAddr("tcp4", addr)
-	if err != nil {
-		return nil, err
-	}
-	return net.ListenTCP("tcp4", a)
-}
-
-func listenUDP(addr string) (*net.UDPConn, error) {
-	a, err := net.ResolveUDPAddr("udp4", addr)
-	if err != nil {
-		return nil, err
-	}
-	return net.ListenUDP("udp4", a)
+	b.HostPort = uint16(got.(*unix.SockaddrInet4).Port)
+	return b, os.NewFile(uintptr(fd), "port "+b.String()), nil
 }

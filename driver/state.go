@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/vxbridge/vxbridge/store"
 )
@@ -114,5 +116,8 @@ func (d *Driver) State() (State, error) {
 		return State{}, err
 	}
 	eps, err := loadAll[Endpoint](d.store, endpointKeys)
+	// Stable order, so two snapshots compare equal when nothing changed.
+	slices.SortFunc(nets, func(a, b *Network) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(eps, func(a, b *Endpoint) int { return strings.Compare(a.NetworkID+a.ID, b.NetworkID+b.ID) })
 	return State{Networks: nets, Endpoints: eps}, err
 }

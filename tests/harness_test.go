@@ -26,8 +26,9 @@ const (
 	prefix = "vxt-"
 )
 
-// vxbridgeBin is the CLI built from this tree, used to read plugin state.
-var vxbridgeBin string
+// vxbridgeBin is the CLI built from this tree, used to read plugin state;
+// udpechoBin the UDP test tool (busybox's nc has no UDP).
+var vxbridgeBin, udpechoBin string
 
 func TestMain(m *testing.M) {
 	code, err := setup()
@@ -57,8 +58,13 @@ func setup() (int, error) {
 		return 1, err
 	}
 	vxbridgeBin = filepath.Join(dir, "vxbridge")
-	if out, err := run("go", "build", "-o", vxbridgeBin, ".."); err != nil {
-		return 1, fmt.Errorf("build vxbridge: %s %v", out, err)
+	udpechoBin = filepath.Join(dir, "udpecho")
+	for bin, pkg := range map[string]string{vxbridgeBin: "..", udpechoBin: "./udpecho"} {
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static: it runs inside containers
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 1, fmt.Errorf("build %s: %s %v", pkg, out, err)
+		}
 	}
 	clearLeftovers()
 	return 0, nil
@@ -67,6 +73,8 @@ func setup() (int, error) {
 // clearLeftovers removes what an aborted run left, containers first so
 // their networks can go.
 func clearLeftovers() {
+	run("ip", "netns", "del", worldNS)
+	run("ip", "link", "del", worldHostIf)
 	if out, _ := run("docker", "ps", "-aq", "--filter", "name="+prefix); strings.TrimSpace(out) != "" {
 		run(append([]string{"docker", "rm", "-f"}, strings.Fields(out)...)...)
 	}
