@@ -11,7 +11,7 @@ FUZZTIME ?= 30s
 .DEFAULT_GOAL := help
 # Steps depend on each other's side effects (dockerd up before the plugin): keep them in order.
 .NOTPARALLEL:
-.PHONY: help build unit deps dockerd install uninstall test-image e2e test lint fuzz clean
+.PHONY: help build unit deps dockerd install uninstall test-image e2e test lint fuzz bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,9 @@ lint: ## check gofmt and go vet (with and without the e2e tag)
 
 fuzz: ## run each Fuzz* target for FUZZTIME (default 30s)
 	bash scripts/fuzz.sh $(FUZZTIME)
+
+bench: install ## published-port throughput, vxbridge vs Docker's bridge (writes tests/bench-results.md)
+	bash tests/bench-ports.sh
 
 clean: ## remove bin/ and build/
 	rm -rf bin build
