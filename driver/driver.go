@@ -34,63 +34,19 @@ type Driver struct {
 
 var _ api.Driver = (*Driver)(nil)
 
-// New returns a driver whose state lives in s, after re-asserting the
-// kernel objects of every network s remembers (a reboot or a firewall
-// reload may have removed them).
+// New returns a driver whose state lives in s, after bringing the kernel
+// in line with the records (a reboot, a crash or a firewall reload may have
+// removed or left things): see Repair.
 func New(s store.Store, log *slog.Logger) (*Driver, error) {
 	fw, err := newFirewall()
 	if err != nil {
 		return nil, err
 	}
-	if err := fw.setup(); err != nil {
-		return nil, err
-	}
 	d := &Driver{store: s, fw: fw, log: log, reserved: map[string]reservation{}}
-	if err := d.restore(); err != nil {
+	if _, err := d.Repair(); err != nil {
 		return nil, err
 	}
 	return d, nil
-}
-
-// restore rebuilds bridges, rules and published ports of the persisted
-// networks and endpoints.
-func (d *Driver) restore() error {
-	nets, err := loadAll[Network](d.store, networkKeys)
-	if err != nil {
-		return fmt.Errorf("load networks: %w", err)
-	}
-	ports := 0
-	for _, n := range nets {
-		if err := d.ensureNetwork(n); err != nil {
-			return fmt.Errorf("restore network %s: %w", short(n.ID, 12), err)
-		}
-		eps, err := loadAll[Endpoint](d.store, endpointKeys+n.ID+"/")
-		if err != nil {
-			return fmt.Errorf("load endpoints: %w", err)
-		}
-		for _, ep := range eps {
-			if len(ep.Ports) == 0 {
-				continue
-			}
-			// Hold the ports again; one taken meanwhile is reported but
-			// the rules still go in, so the container stays reachable.
-			reqs := make([]portRequest, len(ep.Ports))
-			for i, b := range ep.Ports {
-				reqs[i] = portRequest{PortBinding: b, HostPortEnd: b.HostPort}
-			}
-			if _, res, err := reserve(reqs); err != nil {
-				d.log.Warn("restore published ports", "endpoint", short(ep.ID, 12), "err", err)
-			} else {
-				d.reserved[ep.ID] = res
-			}
-			if err := d.fw.ensure(endpointPortRules(n, ep), false); err != nil {
-				return fmt.Errorf("restore ports of endpoint %s: %w", short(ep.ID, 12), err)
-			}
-			ports += len(ep.Ports)
-		}
-	}
-	d.log.Info("restored", "networks", len(nets), "published ports", ports)
-	return nil
 }
 
 func (d *Driver) ensureNetwork(n *Network) error {

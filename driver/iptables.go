@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -206,4 +207,43 @@ func (f *firewall) remove(rs []rule, ipv6 bool) error {
 		}
 	}
 	return nil
+}
+
+// removeOrphans deletes the tagged rules in vxbridge's chains whose tag no
+// record owns (live holds the tags of recorded networks and of endpoints
+// with published ports), and returns how many it deleted.
+func (f *firewall) removeOrphans(live map[string]bool) (int, error) {
+	n := 0
+	for _, t := range []*iptables.IPTables{f.v4, f.v6} {
+		for _, c := range chains {
+			rules, err := t.List(c.table, c.name)
+			if err != nil {
+				return n, fmt.Errorf("list chain %s: %w", c.name, err)
+			}
+			for _, r := range rules {
+				tag, ok := ruleTag(r)
+				if !ok || live[tag] {
+					continue
+				}
+				// Our comments hold no spaces, so the listing splits back
+				// into the rule's arguments once the quotes are gone.
+				args := strings.Fields(strings.ReplaceAll(r, `"`, ""))[2:]
+				if err := t.Delete(c.table, c.name, args...); err != nil {
+					return n, fmt.Errorf("delete orphan rule %q: %w", r, err)
+				}
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+// ruleTag extracts the vxbridge tag from one `iptables -S` line.
+func ruleTag(line string) (string, bool) {
+	_, rest, ok := strings.Cut(line, `--comment "vxbridge:`)
+	if !ok {
+		return "", false
+	}
+	tag, _, ok := strings.Cut(rest, `"`)
+	return tag, ok
 }

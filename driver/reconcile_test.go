@@ -1,0 +1,101 @@
+package driver
+
+import (
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	api "github.com/docker/go-plugins-helpers/network"
+	"github.com/vishvananda/netlink"
+
+	"github.com/vxbridge/vxbridge/store"
+)
+
+func TestRepairRebuildsAndCleans(t *testing.T) {
+	inNewNetns(t, func() {
+		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		d, err := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nid, live, dead := strings.Repeat("1", 64), strings.Repeat("2", 64), strings.Repeat("3", 64)
+		if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Pool: "10.9.0.0/24", Gateway: "10.9.0.1/24"}}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, eid := range []string{live, dead} {
+			if _, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Interface: &api.EndpointInterface{Address: "10.9.0.2/24"}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A reboot of the bridge and a firewall reload…
+		bridge := bridgeName(nid)
+		mustDel(t, bridge)
+		if err := d.fw.v4.ClearChain("filter", chainForward); err != nil {
+			t.Fatal(err)
+		}
+		// …a container that died unseen (its veth went with it)…
+		mustDel(t, vethName(dead))
+		// …and leftovers nobody owns.
+		la := netlink.NewLinkAttrs()
+		la.Name = "vxb-orphan"
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			t.Fatal(err)
+		}
+		la.Name = vethPrefix + "orphan"
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "vxcorphan"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.fw.v4.Append("nat", chainPostrouting, spec([]string{"-s", "10.99.0.0/24"}, tag("deadbeef0000"), []string{"-j", "MASQUERADE"})...); err != nil {
+			t.Fatal(err)
+		}
+
+		rep, err := d.Repair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Repairs{Networks: 1, StaleEndpoints: 1, ReattachedVeths: 1, OrphanLinks: 2, OrphanRules: 1}
+		if rep != want {
+			t.Fatalf("repairs %+v, want %+v", rep, want)
+		}
+		br, err := netlink.LinkByName(bridge)
+		if err != nil {
+			t.Fatalf("bridge not recreated: %v", err)
+		}
+		if v, err := netlink.LinkByName(vethName(live)); err != nil || v.Attrs().MasterIndex != br.Attrs().Index {
+			t.Fatalf("live veth not back on its bridge: %v", err)
+		}
+		for _, gone := range []string{"vxb-orphan", vethPrefix + "orphan"} {
+			if linkExists(gone) {
+				t.Fatalf("orphan %s still exists", gone)
+			}
+		}
+		if ok, _ := d.fw.v4.Exists("filter", chainForward, networkRules(&Network{ID: nid, Options: netOptions{Bridge: bridge, ICC: true}})[0].spec...); !ok {
+			t.Fatalf("ICC rule not re-asserted")
+		}
+		s, _ := d.State()
+		if len(s.Endpoints) != 1 || s.Endpoints[0].ID != live {
+			t.Fatalf("endpoints after repair: %+v", s.Endpoints)
+		}
+		// A second run finds nothing to do.
+		if rep, err := d.Repair(); err != nil || rep.changed() {
+			t.Fatalf("second repair: %+v, %v", rep, err)
+		}
+	})
+}
+
+func mustDel(t *testing.T, name string) {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkDel(l)
+	}
+	if err != nil {
+		t.Fatalf("delete %s: %v", name, err)
+	}
+}
