@@ -5,13 +5,25 @@
 #   bridge+proxy    Docker's bridge driver on the host dockerd (userland proxy on)
 #   bridge-noproxy  Docker's bridge driver with --userland-proxy=false; that is
 #                   daemon-wide, so a second dockerd runs in a network namespace
-# An iperf3 server runs in a container of each; the iperf3 client runs in a
-# namespace of its own ("another machine"), joined by veth pairs with
-# documentation-range addresses, and only ever aims at the veth peer address.
+# An iperf3 server runs in a container of each. Each case is measured on two
+# paths:
+#   from another machine  the iperf3 client runs in a namespace of its own,
+#                         joined by veth pairs with documentation-range
+#                         addresses, and aims at the veth peer address; all
+#                         three cases take kernel DNAT here (PREROUTING)
+#   from the host         the client runs on the case's host (the host itself;
+#                         for bridge-noproxy, the second dockerd's namespace)
+#                         and aims at 127.0.0.1:HOSTPORT: Docker's OUTPUT rule
+#                         skips 127.0.0.0/8 while the userland proxy is on, so
+#                         docker-proxy carries it; vxbridge and bridge-noproxy
+#                         DNAT it (route_localnet on the bridge, masquerade)
+# Targets are only those veth addresses and loopback. Every measured run
+# records whether the kernel DNAT rule for its port matched (nat counters
+# before/after) and whether docker-proxy held connections on the port.
 #
 # Usage (root, from anywhere):
 #   BENCH_SECONDS=10 BENCH_REPEAT=3 bash tests/bench-ports.sh
-# Tunables: BENCH_SECONDS (10) per iperf3 run, BENCH_REPEAT (3) runs per case,
+# Tunables: BENCH_SECONDS (10) per iperf3 run, BENCH_REPEAT (3) runs per case and path,
 #   BENCH_PORT (18201) first host port (uses 3 in a row), BENCH_OUT (results file).
 # Prints a table and writes it to tests/bench-results.md. Everything it makes is
 # named vxbench* and removed on exit; the image vxbridge-bench/iperf3:latest stays.
@@ -32,6 +44,7 @@ ns_d2=vxbench-d2   # the second dockerd's "machine"
 host_ip=198.51.100.1 cli_ip0=198.51.100.2
 d2_ip=203.0.113.1 cli_ip1=203.0.113.2
 tmp=
+bg= # the iperf3 client running in the background, if any
 
 log() { echo "bench-ports: $*" >&2; }
 die() {
@@ -40,7 +53,6 @@ die() {
 }
 
 d2() { docker -H "unix://$tmp/docker.sock" "$@"; }
-in_cli() { ip netns exec "$ns_cli" "$@"; }
 in_d2() { ip netns exec "$ns_d2" "$@"; }
 
 # kill_wait PID...: TERM, up to 20 s for them to end, then KILL.
@@ -63,6 +75,10 @@ kill_wait() {
 cleanup() {
 	local ids pids d
 	set +e
+	# A client still running (the run was interrupted); timeout passes the
+	# TERM on to iperf3.
+	[ -z "$bg" ] || kill_wait "$bg"
+	bg=
 	# shellcheck disable=SC2086 # one argument per id
 	{
 		ids=$(docker ps -aq --filter name=vxbench)
@@ -82,7 +98,12 @@ cleanup() {
 		kill_wait $pids
 		ip netns del "$ns_d2"
 	fi
-	[ ! -e "/run/netns/$ns_cli" ] || ip netns del "$ns_cli"
+	if [ -e "/run/netns/$ns_cli" ]; then
+		pids=$(ip netns pids "$ns_cli" 2>/dev/null | tr '\n' ' ')
+		# shellcheck disable=SC2086 # one argument per pid
+		kill_wait $pids
+		ip netns del "$ns_cli"
+	fi
 	# Deleting a namespace deletes its veth ends and so their peers; this
 	# catches a host end whose peer never got moved.
 	ip link del vxbench-h0 2>/dev/null
@@ -185,26 +206,71 @@ start_d2() {
 	die "second dockerd did not answer within 30 s"
 }
 
-# iperf ADDR PORT SECS: one client run from the client namespace; prints
-# the receiver's Gbit/s.
-iperf() {
-	local o
-	o=$(in_cli iperf3 -c "$1" -p "$2" -t "$3" -f g --connect-timeout 2000 2>&1) || {
-		log "iperf3 -c $1 -p $2: $(tail -n 1 <<<"$o")"
-		return 1
-	}
-	awk '/receiver/ {for (i = 2; i <= NF; i++) if ($i == "Gbits/sec") print $(i - 1)}' <<<"$o"
+# iperf_bg NS ADDR PORT SECS: starts one iperf3 client run in the
+# background, in namespace NS ("" for the host itself), its pid in $bg and
+# its output in $tmp/iperf.out. timeout bounds it even if the server stalls;
+# `ip netns exec` execs, so $bg is timeout itself.
+iperf_bg() {
+	local -a pre=()
+	[ -z "$1" ] || pre=(ip netns exec "$1")
+	"${pre[@]}" timeout -k 5 $(($4 + 20)) \
+		iperf3 -c "$2" -p "$3" -t "$4" -f g --connect-timeout 2000 \
+		>"$tmp/iperf.out" 2>&1 </dev/null &
+	bg=$!
 }
 
-# reachable ADDR PORT: a 1 s run, retried for ~10 s while the server starts;
-# it doubles as a warm-up.
+# iperf_wait waits for that run and sets g to the receiver's Gbit/s; fails
+# (g empty) when the run did. Not for $(...): wait needs the parent shell.
+iperf_wait() {
+	local rc=0
+	g=
+	wait "$bg" || rc=$?
+	bg=
+	if [ "$rc" -ne 0 ]; then
+		log "iperf3 failed ($rc): $(tail -n 1 "$tmp/iperf.out")"
+		return 1
+	fi
+	g=$(awk '/receiver/ {for (i = 2; i <= NF; i++) if ($i == "Gbits/sec") print $(i - 1)}' "$tmp/iperf.out")
+	[ -n "$g" ]
+}
+
+# reachable NS ADDR PORT: a 1 s run, retried for ~10 s while the server
+# starts; it doubles as a warm-up.
 reachable() {
 	local i
 	for ((i = 0; i < 10; i++)); do
-		iperf "$1" "$2" 1 >/dev/null 2>&1 && return 0
+		iperf_bg "$1" "$2" "$3" 1
+		iperf_wait 2>/dev/null && return 0
 		sleep 1
 	done
 	return 1
+}
+
+# proxy_conns PORT [NS]: established TCP connections docker-proxy holds on
+# local port PORT right now (the ones it accepted from clients).
+proxy_conns() {
+	local -a pre=()
+	[ -z "${2:-}" ] || pre=(ip netns exec "$2")
+	"${pre[@]}" ss -Htnp state established "( sport = :$1 )" |
+		awk '/"docker-proxy"/ {n++} END {print n + 0}'
+}
+
+# measure NS ADDR PORT DNS: one measured run of $secs from namespace NS;
+# sets g (Gbit/s, empty on failure), dnat (connections the port's DNAT rule
+# in namespace DNS matched during the run) and px (most docker-proxy
+# connections on the port seen at once, sampled every 0.5 s while it ran).
+measure() {
+	local before n
+	before=$(dnat_conns "$3" "$4")
+	px=0
+	iperf_bg "$1" "$2" "$3" "$secs"
+	while kill -0 "$bg" 2>/dev/null; do
+		n=$(proxy_conns "$3" "$4")
+		[ "$n" -le "$px" ] || px=$n
+		sleep 0.5
+	done
+	iperf_wait || true
+	dnat=$(($(dnat_conns "$3" "$4") - before))
 }
 
 # diagnose_vx prints what explains an unreachable vxbridge port.
@@ -245,7 +311,7 @@ median() {
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 [[ $secs =~ ^[1-9][0-9]*$ && $repeat =~ ^[1-9][0-9]*$ && $port0 =~ ^[1-9][0-9]*$ ]] ||
 	die "BENCH_SECONDS, BENCH_REPEAT and BENCH_PORT must be positive integers"
-for c in docker dockerd iperf3 ip iptables nsenter unshare setsid flock ldd tar ss; do
+for c in docker dockerd iperf3 ip iptables nsenter unshare setsid flock ldd tar ss timeout; do
 	command -v "$c" >/dev/null || die "$c not found (see scripts/deps.sh)"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing: install busybox-static"
@@ -294,66 +360,110 @@ d2 network create -d bridge vxbench-nb >/dev/null
 d2 run -d --name vxbench-nb --network vxbench-nb -p "${ports[2]}:5201" "$image" >/dev/null
 
 cases=(vxbridge bridge+proxy bridge-noproxy)
+# Per case: the namespace its dockerd (and so its DNAT rules and any
+# docker-proxy) lives in, "" for the host.
+hostns=("" "" "$ns_d2")
+# Per path p: 0 from another machine (the client namespace, at the case's
+# veth address), 1 from the case's host at 127.0.0.1.
+pathname=("from another machine" "from the host via 127.0.0.1")
+# from_ns I P / to_addr I P: where the client runs and what it aims at.
+from_ns() { if [ "$2" -eq 0 ]; then echo "$ns_cli"; else echo "${hostns[$1]}"; fi; }
+to_addr() { if [ "$2" -eq 0 ]; then echo "${addrs[$1]}"; else echo 127.0.0.1; fi; }
 addrs=("$host_ip" "$host_ip" "$d2_ip")
-declare -A runs=() ok=()
+declare -A runs=() ok=() dnats=() pxruns=() nruns=()
 for i in 0 1 2; do
-	if reachable "${addrs[i]}" "${ports[i]}"; then
-		ok[$i]=1
-	else
-		log "${cases[i]}: ${addrs[i]}:${ports[i]} not reachable from $ns_cli"
-		[ "$i" -ne 0 ] || diagnose_vx
-	fi
+	for p in 0 1; do
+		if reachable "$(from_ns "$i" "$p")" "$(to_addr "$i" "$p")" "${ports[i]}"; then
+			ok[$i,$p]=1
+		else
+			log "${cases[i]}: $(to_addr "$i" "$p"):${ports[i]} not reachable ${pathname[p]}"
+			[ "$i$p" != 00 ] || diagnose_vx
+		fi
+	done
 done
 [ ${#ok[@]} -gt 0 ] || die "no case reachable"
 
-# ---- measure: rounds interleave the cases so drift hits them all alike ------
+# ---- measure: rounds interleave cases and paths so drift hits all alike -----
 for ((r = 1; r <= repeat; r++)); do
 	for i in 0 1 2; do
-		[ -n "${ok[$i]:-}" ] || continue
-		log "round $r/$repeat: ${cases[i]} (${secs} s)"
-		if g=$(iperf "${addrs[i]}" "${ports[i]}" "$secs") && [ -n "$g" ]; then
-			runs[$i]="${runs[$i]:-} $g"
-		else
-			runs[$i]="${runs[$i]:-} fail"
-		fi
+		for p in 0 1; do
+			[ -n "${ok[$i,$p]:-}" ] || continue
+			log "round $r/$repeat: ${cases[i]} ${pathname[p]} (${secs} s)"
+			measure "$(from_ns "$i" "$p")" "$(to_addr "$i" "$p")" "${ports[i]}" "${hostns[i]}"
+			runs[$i,$p]="${runs[$i,$p]:-} ${g:-fail}"
+			dnats[$i,$p]=$((${dnats[$i,$p]:-0} + dnat))
+			nruns[$i,$p]=$((${nruns[$i,$p]:-0} + 1))
+			[ "$px" -eq 0 ] || pxruns[$i,$p]=$((${pxruns[$i,$p]:-0} + 1))
+		done
 	done
 done
 
-# Which path carried the traffic: kernel DNAT rule hits, and whether a
-# docker-proxy listens on the host port.
-conns=("$(dnat_conns "${ports[0]}")" "$(dnat_conns "${ports[1]}")" "$(dnat_conns "${ports[2]}" "$ns_d2")")
-proxy=("$(ss -Htlnp "sport = :${ports[0]}")" "$(ss -Htlnp "sport = :${ports[1]}")" "$(in_d2 ss -Htlnp "sport = :${ports[2]}")")
+# Whether a docker-proxy listens on each host port at all.
+listen=()
+for i in 0 1 2; do
+	if [ -n "${hostns[i]}" ]; then
+		l=$(in_d2 ss -Htlnp "sport = :${ports[i]}")
+	else
+		l=$(ss -Htlnp "sport = :${ports[i]}")
+	fi
+	listen[i]=no
+	[[ $l != *docker-proxy* ]] || listen[i]=yes
+done
 
 # ---- report -----------------------------------------------------------------
+# cell I P: "median | runs" for the throughput table.
+cell() {
+	local m
+	if [ -z "${ok[$1,$2]:-}" ]; then
+		echo "unreachable | -"
+		return
+	fi
+	m=$(median <<<"${runs[$1,$2]}")
+	echo "${m:-failed} | $(xargs <<<"${runs[$1,$2]}")"
+}
 table=$(
-	echo "| case | median Gbit/s | runs (Gbit/s) |"
-	echo "|---|---:|---|"
+	echo "| case | from another machine: median Gbit/s | runs | from the host via 127.0.0.1: median Gbit/s | runs |"
+	echo "|---|---:|---|---:|---|"
 	for i in 0 1 2; do
-		if [ -z "${ok[$i]:-}" ]; then
-			echo "| ${cases[i]} | unreachable | - |"
-			continue
-		fi
-		m=$(median <<<"${runs[$i]}")
-		echo "| ${cases[i]} | ${m:-failed} | $(xargs <<<"${runs[$i]}") |"
+		echo "| ${cases[i]} | $(cell "$i" 0) | $(cell "$i" 1) |"
 	done
 )
 paths=$(
+	echo "| case | path | kernel DNAT rule matched | docker-proxy carried it |"
+	echo "|---|---|---|---|"
 	for i in 0 1 2; do
-		l=no
-		[[ ${proxy[i]} != *docker-proxy* ]] || l=yes
-		echo "- ${cases[i]}: ${conns[i]} connections matched the kernel DNAT rule; docker-proxy listening on the port: $l"
+		for p in 0 1; do
+			if [ -z "${ok[$i,$p]:-}" ]; then
+				echo "| ${cases[i]} | ${pathname[p]} | - (unreachable) | - |"
+				continue
+			fi
+			n=${nruns[$i,$p]} d=${dnats[$i,$p]} x=${pxruns[$i,$p]:-0}
+			dm="no (+0 connections over $n runs)"
+			[ "$d" -eq 0 ] || dm="yes (+$d connections over $n runs)"
+			pm="no (0/$n runs)"
+			[ "$x" -eq 0 ] || pm="yes ($x/$n runs)"
+			echo "| ${cases[i]} | ${pathname[p]} | $dm | $pm |"
+		done
 	done
 )
 cmd="BENCH_SECONDS=$secs BENCH_REPEAT=$repeat${BENCH_PORT:+ BENCH_PORT=$BENCH_PORT} bash tests/bench-ports.sh"
 
 echo "$table"
+echo
+echo "$paths"
 {
 	echo "# Published-port throughput"
 	echo
 	echo "iperf3 server in a container behind \`-p HOSTPORT:5201\`; iperf3 client (one TCP stream, ${secs} s,"
-	echo "${repeat} runs per case, cases interleaved) in a separate network namespace joined by a veth pair,"
-	echo "aiming at the host-side veth address. bridge-noproxy runs on a second dockerd (\`--userland-proxy=false\`)"
-	echo "in its own network namespace, reached the same way."
+	echo "${repeat} runs per case and path, all interleaved) on two paths:"
+	echo
+	echo "- from another machine: the client is in a separate network namespace joined by a veth pair and"
+	echo "  aims at the host-side veth address;"
+	echo "- from the host via 127.0.0.1: the client is on the case's host and aims at \`127.0.0.1:HOSTPORT\`."
+	echo
+	echo "bridge-noproxy runs on a second dockerd (\`--userland-proxy=false\`) in its own network namespace, which"
+	echo "is its host: reached from the client namespace over a second veth pair, and its 127.0.0.1 path runs"
+	echo "inside that namespace."
 	echo
 	echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	echo "- kernel: $(uname -r)"
@@ -364,14 +474,19 @@ echo "$table"
 	echo
 	echo "$table"
 	echo
-	echo "Path check (after the runs; each iperf3 run opens 2 connections):"
+	echo "Path check, per measured run: the port's kernel DNAT rule counters (nat table, one count per"
+	echo "connection; an iperf3 run opens 2) before and after, and whether docker-proxy held established"
+	echo "connections on the port while it ran (sampled every 0.5 s). docker-proxy listening on the port:"
+	echo "vxbridge ${listen[0]}, bridge+proxy ${listen[1]}, bridge-noproxy ${listen[2]}."
 	echo
 	echo "$paths"
 } >"$out"
 log "written $out"
-# A case that could not be measured makes the run fail, after the report.
+# A case or path that could not be measured makes the run fail, after the report.
 for i in 0 1 2; do
-	if [ -z "${ok[$i]:-}" ] || [ -z "$(median <<<"${runs[$i]}")" ]; then
-		exit 1
-	fi
+	for p in 0 1; do
+		if [ -z "${ok[$i,$p]:-}" ] || [ -z "$(median <<<"${runs[$i,$p]}")" ]; then
+			exit 1
+		fi
+	done
 done
