@@ -4,6 +4,7 @@
 //	vxbridge serve   run the plugin (managed plugin entrypoint, or a plain daemon)
 //	vxbridge state   print what a running plugin holds
 //	vxbridge ports   list published ports (docker ps cannot show a remote driver's)
+//	vxbridge reconcile  clean up now what dockerd removed while the plugin was down
 package main
 
 import (
@@ -27,6 +28,7 @@ import (
 	"github.com/vxbridge/vxbridge/driver"
 	"github.com/vxbridge/vxbridge/ipam"
 	"github.com/vxbridge/vxbridge/plugin"
+	"github.com/vxbridge/vxbridge/reconcile"
 	"github.com/vxbridge/vxbridge/store"
 )
 
@@ -46,6 +48,8 @@ func main() {
 		err = state(os.Args[2:])
 	case "ports":
 		err = ports(os.Args[2:])
+	case "reconcile":
+		err = reconcileNow(os.Args[2:])
 	default:
 		usage()
 	}
@@ -56,7 +60,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vxbridge serve|state|ports [flags]  (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: vxbridge serve|state|ports|reconcile [flags]  (-h for flags)")
 	os.Exit(2)
 }
 
@@ -72,6 +76,8 @@ func serve(args []string) error {
 	socket := fs.String("socket", filepath.Join(pluginDir, "vxbridge.sock"), "unix socket to serve; its name is the plugin's name for a legacy plugin")
 	statePath := fs.String("state", env("VXBRIDGE_STATE", "/var/lib/vxbridge/state.db"), "state file (bbolt) [$VXBRIDGE_STATE]")
 	level := fs.String("log-level", env("VXBRIDGE_LOG_LEVEL", "info"), "debug, info, warn or error [$VXBRIDGE_LOG_LEVEL]")
+	dockerSocket := fs.String("docker-socket", env("VXBRIDGE_DOCKER_SOCKET", "/run/docker.sock"), "dockerd's API socket, for reconciliation [$VXBRIDGE_DOCKER_SOCKET]")
+	every := fs.Duration("reconcile-interval", envDuration("VXBRIDGE_RECONCILE_INTERVAL", time.Minute), "how often to reconcile with dockerd [$VXBRIDGE_RECONCILE_INTERVAL]")
 	fs.Parse(args)
 
 	var lvl slog.Level
@@ -98,7 +104,11 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	h := plugin.NewHandler(drv, alloc, func() (any, error) { return snapshot(drv, alloc) }, log)
+	rec := reconcile.New(drv, alloc, reconcile.NewDocker(*dockerSocket), log)
+	h := plugin.NewHandler(drv, alloc, map[string]func() (any, error){
+		plugin.StatePath:     func() (any, error) { return snapshot(drv, alloc) },
+		plugin.ReconcilePath: func() (any, error) { return rec.Now(context.Background(), onDemandGrace), nil },
+	}, log)
 
 	if err := os.MkdirAll(filepath.Dir(*socket), 0o755); err != nil {
 		return fmt.Errorf("create socket dir: %w", err)
@@ -114,6 +124,7 @@ func serve(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go rec.Run(ctx, *every)
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -124,6 +135,18 @@ func serve(args []string) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// onDemandGrace is how long `vxbridge reconcile` lets an object stay
+// unowned before removing it: long enough for a container or network half
+// way through creation to show up in dockerd.
+const onDemandGrace = 3 * time.Second
+
+func envDuration(key string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(key)); err == nil && d > 0 {
+		return d
+	}
+	return def
 }
 
 // Snapshot is the JSON answer of plugin.StatePath.
@@ -142,7 +165,16 @@ func snapshot(d *driver.Driver, a *ipam.Allocator) (any, error) {
 }
 
 func state(args []string) error {
-	body, err := fetchState(args)
+	return printJSON(args, plugin.StatePath)
+}
+
+func reconcileNow(args []string) error {
+	return printJSON(args, plugin.ReconcilePath)
+}
+
+// printJSON asks the plugin for one of its own paths and prints the answer.
+func printJSON(args []string, path string) error {
+	body, err := ask(args, path)
 	if err != nil {
 		return err
 	}
@@ -158,7 +190,7 @@ func state(args []string) error {
 // ports prints every published port with its container's and network's
 // names, which it asks dockerd for (the plugin never hears them).
 func ports(args []string) error {
-	body, err := fetchState(args)
+	body, err := ask(args, plugin.StatePath)
 	if err != nil {
 		return err
 	}
@@ -168,7 +200,7 @@ func ports(args []string) error {
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "CONTAINER\tNETWORK\tADDRESS\tPORTS")
-	names := map[string]dockerNetwork{}
+	names := map[string]reconcile.Network{}
 	for _, ep := range s.Endpoints {
 		if len(ep.Ports) == 0 {
 			continue
@@ -193,48 +225,37 @@ func ports(args []string) error {
 	return w.Flush()
 }
 
-// dockerNetwork is the part of dockerd's GET /networks/{id} that names
-// things.
-type dockerNetwork struct {
-	Name       string
-	Containers map[string]struct{ Name, EndpointID string }
-}
-
 // inspectNetwork asks dockerd (DOCKER_HOST or its default socket) for a
 // network's names; without an answer the network ID stands in.
-func inspectNetwork(id string) dockerNetwork {
-	fallback := dockerNetwork{Name: id[:min(12, len(id))]}
-	sock := strings.TrimPrefix(env("DOCKER_HOST", "unix:///var/run/docker.sock"), "unix://")
-	res, err := unixClient(sock).Get("http://docker/networks/" + id)
+func inspectNetwork(id string) reconcile.Network {
+	sock := strings.TrimPrefix(env("DOCKER_HOST", "unix:///run/docker.sock"), "unix://")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := reconcile.NewDocker(sock).Network(ctx, id)
 	if err != nil {
-		return fallback
-	}
-	defer res.Body.Close()
-	var n dockerNetwork
-	if res.StatusCode != http.StatusOK || json.NewDecoder(res.Body).Decode(&n) != nil {
-		return fallback
+		return reconcile.Network{ID: id, Name: id[:min(12, len(id))]}
 	}
 	return n
 }
 
 func unixClient(path string) *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	return &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", path)
 	}}}
 }
 
-// fetchState asks a running plugin for its state over its socket.
-func fetchState(args []string) ([]byte, error) {
-	fs := flag.NewFlagSet("state", flag.ExitOnError)
+// ask calls one of the running plugin's own paths over its socket.
+func ask(args []string, path string) ([]byte, error) {
+	fs := flag.NewFlagSet(strings.TrimPrefix(path, "/VxBridge."), flag.ExitOnError)
 	socket := fs.String("socket", "", "plugin socket (default: the legacy socket, else the managed plugin's)")
 	fs.Parse(args)
-	path, err := findSocket(*socket)
+	sock, err := findSocket(*socket)
 	if err != nil {
 		return nil, err
 	}
-	res, err := unixClient(path).Post("http://plugin"+plugin.StatePath, "application/json", strings.NewReader("{}"))
+	res, err := unixClient(sock).Post("http://plugin"+path, "application/json", strings.NewReader("{}"))
 	if err != nil {
-		return nil, fmt.Errorf("ask %s: %w", path, err)
+		return nil, fmt.Errorf("ask %s: %w", sock, err)
 	}
 	defer res.Body.Close()
 	body, err := io.ReadAll(res.Body)

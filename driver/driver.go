@@ -80,6 +80,14 @@ func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if old, err := load[Network](d.store, networkKey(n.ID)); err == nil {
+		// dockerd repeated itself: the same request makes sure, a
+		// different one is refused.
+		if *old != *n {
+			return fmt.Errorf("network %s already exists with other settings", short(n.ID, 12))
+		}
+		return d.ensureNetwork(old)
+	}
 	if err := d.checkBridgeFree(n); err != nil {
 		return err
 	}
@@ -107,9 +115,6 @@ func (d *Driver) checkBridgeFree(n *Network) error {
 		return err
 	}
 	for _, o := range nets {
-		if o.ID == n.ID {
-			return fmt.Errorf("network %s already exists", short(n.ID, 12))
-		}
 		if o.Options.Bridge == n.Options.Bridge {
 			return fmt.Errorf("bridge %s is already used by network %s", n.Options.Bridge, short(o.ID, 12))
 		}
@@ -205,6 +210,16 @@ func (d *Driver) CreateEndpoint(req *api.CreateEndpointRequest) (*api.CreateEndp
 	if ep.MAC == "" {
 		ep.MAC = macFor(ep.Addr4)
 		res.Interface = &api.EndpointInterface{MacAddress: ep.MAC}
+	}
+	if old, err := load[Endpoint](d.store, endpointKey(n.ID, ep.ID)); err == nil {
+		// A repeated request: answer as before if it is the same one.
+		if old.Addr4 != ep.Addr4 || old.Addr6 != ep.Addr6 || (req.Interface.MacAddress != "" && old.MAC != ep.MAC) || !linkExists(old.HostIf) {
+			return nil, fmt.Errorf("endpoint %s already exists with other settings", short(ep.ID, 12))
+		}
+		if res.Interface != nil {
+			res.Interface.MacAddress = old.MAC
+		}
+		return res, nil
 	}
 	if err := create(d.store, endpointKey(n.ID, ep.ID), ep); err != nil {
 		return nil, fmt.Errorf("record endpoint: %w", err)

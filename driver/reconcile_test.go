@@ -99,3 +99,48 @@ func mustDel(t *testing.T, name string) {
 		t.Fatalf("delete %s: %v", name, err)
 	}
 }
+
+func TestRepeatedRequestsAreIdempotent(t *testing.T) {
+	inNewNetns(t, func() {
+		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		d, err := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nid, eid := strings.Repeat("4", 64), strings.Repeat("5", 64)
+		net := &api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Pool: "10.8.0.0/24", Gateway: "10.8.0.1/24"}}}
+		for i := 0; i < 2; i++ {
+			if err := d.CreateNetwork(net); err != nil {
+				t.Fatalf("CreateNetwork run %d: %v", i+1, err)
+			}
+		}
+		other := &api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Pool: "10.7.0.0/24", Gateway: "10.7.0.1/24"}}}
+		if err := d.CreateNetwork(other); err == nil || !strings.Contains(err.Error(), "other settings") {
+			t.Fatalf("CreateNetwork with other settings: %v", err)
+		}
+		ep := &api.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Interface: &api.EndpointInterface{Address: "10.8.0.2/24"}}
+		first, err := d.CreateEndpoint(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := d.CreateEndpoint(ep)
+		if err != nil || again.Interface == nil || again.Interface.MacAddress != first.Interface.MacAddress {
+			t.Fatalf("repeated CreateEndpoint: %+v, %v", again, err)
+		}
+		for i := 0; i < 2; i++ {
+			if err := d.DeleteEndpoint(&api.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+				t.Fatalf("DeleteEndpoint run %d: %v", i+1, err)
+			}
+			if err := d.DeleteNetwork(&api.DeleteNetworkRequest{NetworkID: nid}); err != nil {
+				t.Fatalf("DeleteNetwork run %d: %v", i+1, err)
+			}
+		}
+		if linkExists(bridgeName(nid)) || linkExists(vethName(eid)) {
+			t.Fatalf("links left after delete")
+		}
+	})
+}

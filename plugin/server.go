@@ -20,12 +20,17 @@ import (
 
 const manifest = `{"Implements": ["NetworkDriver", "IpamDriver"]}`
 
-// StatePath is vxbridge's own route: a JSON dump of what the plugin holds
-// (networks, endpoints, pools, addresses), read by `vxbridge state`.
-const StatePath = "/VxBridge.State"
+// vxbridge's own routes, for its CLI: StatePath answers a JSON dump of
+// what the plugin holds (networks, endpoints, pools, addresses),
+// ReconcilePath reconciles now and answers the report.
+const (
+	StatePath     = "/VxBridge.State"
+	ReconcilePath = "/VxBridge.Reconcile"
+)
 
-// NewHandler routes every protocol call to d and a, and StatePath to state.
-func NewHandler(d netapi.Driver, a ipamapi.Ipam, state func() (any, error), log *slog.Logger) sdk.Handler {
+// NewHandler routes every protocol call to d and a, and each of vxbridge's
+// own paths to its function in own.
+func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]func() (any, error), log *slog.Logger) sdk.Handler {
 	h := sdk.NewHandler(manifest)
 	r := router{h: h, log: log}
 
@@ -51,10 +56,12 @@ func NewHandler(d netapi.Driver, a ipamapi.Ipam, state func() (any, error), log 
 	route(r, "/IpamDriver.RequestAddress", a.RequestAddress)
 	route(r, "/IpamDriver.ReleaseAddress", noResult(a.ReleaseAddress))
 
-	route(r, StatePath, func(*struct{}) (*any, error) {
-		s, err := state()
-		return &s, err
-	})
+	for path, fn := range own {
+		route(r, path, func(*struct{}) (*any, error) {
+			v, err := fn()
+			return &v, err
+		})
+	}
 	return h
 }
 

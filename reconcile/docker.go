@@ -1,0 +1,100 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Docker reads dockerd's view of networks through its Engine API, over the
+// unix socket the managed plugin has mounted (settable: see config.json).
+type Docker struct {
+	client *http.Client
+}
+
+// NewDocker talks to dockerd at the unix socket path.
+func NewDocker(socket string) *Docker {
+	return &Docker{client: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+// Network is what reconciliation needs of `docker network inspect`.
+type Network struct {
+	ID   string `json:"Id"`
+	Name string
+	IPAM struct {
+		Config []struct {
+			Subnet             string
+			Gateway            string
+			AuxiliaryAddresses map[string]string
+		}
+	}
+	Containers map[string]struct {
+		Name        string
+		EndpointID  string
+		IPv4Address string
+		IPv6Address string
+	}
+}
+
+// Networks returns every network dockerd has, with its endpoints. Listing
+// leaves the endpoints out, so each network is inspected; one removed in
+// between is simply absent.
+func (d *Docker) Networks(ctx context.Context) ([]Network, error) {
+	var list []Network
+	if err := d.get(ctx, "/networks", &list); err != nil {
+		return nil, err
+	}
+	out := make([]Network, 0, len(list))
+	for _, n := range list {
+		full, err := d.Network(ctx, n.ID)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, full)
+	}
+	return out, nil
+}
+
+// Network inspects one network; ErrNotFound when dockerd has none by id.
+func (d *Docker) Network(ctx context.Context, id string) (Network, error) {
+	var n Network
+	err := d.get(ctx, "/networks/"+id, &n)
+	return n, err
+}
+
+// ErrNotFound: dockerd has no such object.
+var ErrNotFound = errors.New("not found in dockerd")
+
+func (d *Docker) get(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker"+path, nil)
+	if err != nil {
+		return err
+	}
+	res, err := d.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask dockerd for %s: %w", path, err)
+	}
+	defer res.Body.Close()
+	switch {
+	case res.StatusCode == http.StatusNotFound:
+		return fmt.Errorf("%s: %w", path, ErrNotFound)
+	case res.StatusCode != http.StatusOK:
+		return fmt.Errorf("ask dockerd for %s: %s", path, res.Status)
+	}
+	if err := json.NewDecoder(res.Body).Decode(v); err != nil {
+		return fmt.Errorf("decode dockerd's %s: %w", path, err)
+	}
+	return nil
+}
