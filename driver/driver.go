@@ -43,9 +43,11 @@ func New(s store.Store, log *slog.Logger) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{store: s, fw: fw, log: log, reserved: map[string]reservation{}}
-	if _, err := d.Repair(); err != nil {
+	rep, err := d.Repair()
+	if err != nil {
 		return nil, err
 	}
+	log.Info("driver ready", "networks", rep.Networks, "published ports", rep.PublishedPorts)
 	return d, nil
 }
 

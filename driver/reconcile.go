@@ -87,7 +87,7 @@ func (d *Driver) Repair() (Repairs, error) {
 	if rep.OrphanRules, err = d.fw.removeOrphans(tags); err != nil {
 		return rep, err
 	}
-	level := d.log.Info
+	level := d.log.Debug
 	if rep.changed() {
 		level = d.log.Warn
 	}
