@@ -31,10 +31,25 @@ type Report struct {
 	Docker             string // why dockerd's side was skipped, if it was
 }
 
+// Driver is what reconciliation needs of the network driver.
+type Driver interface {
+	Repair() (driver.Repairs, error)
+	State() (driver.State, error)
+	DeleteNetwork(*netapi.DeleteNetworkRequest) error
+	DeleteEndpoint(*netapi.DeleteEndpointRequest) error
+}
+
+// Allocator is what reconciliation needs of the IPAM.
+type Allocator interface {
+	Pools() ([]ipam.Pool, error)
+	ReleasePool(*ipamapi.ReleasePoolRequest) error
+	ReleaseAddress(*ipamapi.ReleaseAddressRequest) error
+}
+
 // Reconciler runs passes one at a time.
 type Reconciler struct {
-	drv    *driver.Driver
-	alloc  *ipam.Allocator
+	drv    Driver
+	alloc  Allocator
 	docker *Docker
 	log    *slog.Logger
 
@@ -47,7 +62,7 @@ type Reconciler struct {
 
 // New returns a reconciler for the driver and allocator, asking dockerd
 // through d.
-func New(drv *driver.Driver, alloc *ipam.Allocator, d *Docker, log *slog.Logger) *Reconciler {
+func New(drv Driver, alloc Allocator, d *Docker, log *slog.Logger) *Reconciler {
 	return &Reconciler{drv: drv, alloc: alloc, docker: d, log: log, suspects: map[string]time.Time{}}
 }
 
