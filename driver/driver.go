@@ -22,12 +22,18 @@ type Driver struct {
 	store store.Store
 	fw    *firewall
 	log   *slog.Logger
-	// mu orders changes to one network's kernel objects against its
-	// deletion; requests for different endpoints still run in parallel
-	// under the read lock.
+	// mu is held shared by every request and exclusively by Repair, so a
+	// repair never sees a request half way.
 	mu sync.RWMutex
-	// portsMu serialises publishing, so two endpoints never both get one
-	// host port; reserved holds each endpoint's open host ports.
+	// nets holds one lock per network: creating or deleting a network
+	// excludes requests for its endpoints, while requests of different
+	// networks never wait for each other's kernel calls.
+	netsMu sync.Mutex
+	nets   map[string]*sync.RWMutex
+	// claimMu makes "is this bridge name free? then record it" one step.
+	claimMu sync.Mutex
+	// portsMu guards reserved, each endpoint's held host ports. The kernel
+	// itself keeps two endpoints from binding one port.
 	portsMu  sync.Mutex
 	reserved map[string]reservation
 }
@@ -42,13 +48,33 @@ func New(s store.Store, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{store: s, fw: fw, log: log, reserved: map[string]reservation{}}
+	d := &Driver{store: s, fw: fw, log: log, nets: map[string]*sync.RWMutex{}, reserved: map[string]reservation{}}
 	rep, err := d.Repair()
 	if err != nil {
 		return nil, err
 	}
 	log.Info("driver ready", "networks", rep.Networks, "published ports", rep.PublishedPorts)
 	return d, nil
+}
+
+// lockNetwork takes the locks a request on network id needs: exclusive
+// for creating or deleting it, shared for its endpoints. It returns the
+// unlock.
+func (d *Driver) lockNetwork(id string, exclusive bool) func() {
+	d.mu.RLock()
+	d.netsMu.Lock()
+	l := d.nets[id]
+	if l == nil {
+		l = &sync.RWMutex{}
+		d.nets[id] = l
+	}
+	d.netsMu.Unlock()
+	if exclusive {
+		l.Lock()
+		return func() { l.Unlock(); d.mu.RUnlock() }
+	}
+	l.RLock()
+	return func() { l.RUnlock(); d.mu.RUnlock() }
 }
 
 func (d *Driver) ensureNetwork(n *Network) error {
@@ -80,8 +106,7 @@ func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
 			return err
 		}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.lockNetwork(n.ID, true)()
 	if old, err := load[Network](d.store, networkKey(n.ID)); err == nil {
 		// dockerd repeated itself: the same request makes sure, a
 		// different one is refused.
@@ -90,11 +115,8 @@ func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
 		}
 		return d.ensureNetwork(old)
 	}
-	if err := d.checkBridgeFree(n); err != nil {
+	if err := d.claim(n); err != nil {
 		return err
-	}
-	if err := create(d.store, networkKey(n.ID), n); err != nil {
-		return fmt.Errorf("record network: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -108,10 +130,12 @@ func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
 	return nil
 }
 
-// checkBridgeFree refuses a bridge name another network or another program
-// already uses: taking over someone else's bridge would wire containers
-// into a foreign network.
-func (d *Driver) checkBridgeFree(n *Network) error {
+// claim records the network, refusing a bridge name another network or
+// another program already uses: taking over someone else's bridge would
+// wire containers into a foreign network.
+func (d *Driver) claim(n *Network) error {
+	d.claimMu.Lock()
+	defer d.claimMu.Unlock()
 	nets, err := loadAll[Network](d.store, networkKeys)
 	if err != nil {
 		return err
@@ -123,6 +147,9 @@ func (d *Driver) checkBridgeFree(n *Network) error {
 	}
 	if linkExists(n.Options.Bridge) {
 		return fmt.Errorf("bridge %s: an interface with that name already exists on the host", n.Options.Bridge)
+	}
+	if err := create(d.store, networkKey(n.ID), n); err != nil {
+		return fmt.Errorf("record network: %w", err)
 	}
 	return nil
 }
@@ -152,8 +179,7 @@ func gateway(data []*api.IPAMData, v6 bool) (netip.Prefix, error) {
 // DeleteNetwork removes the bridge, its rules, any endpoint dockerd never
 // deleted, and the record.
 func (d *Driver) DeleteNetwork(req *api.DeleteNetworkRequest) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.lockNetwork(req.NetworkID, true)()
 	n, err := load[Network](d.store, networkKey(req.NetworkID))
 	if errors.Is(err, errNoRecord) {
 		return nil // already gone: dockerd may repeat a delete
@@ -195,8 +221,7 @@ func (d *Driver) CreateEndpoint(req *api.CreateEndpointRequest) (*api.CreateEndp
 	if req.Interface == nil {
 		return nil, errors.New("malformed request: no Interface")
 	}
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	defer d.lockNetwork(req.NetworkID, false)()
 	n, err := load[Network](d.store, networkKey(req.NetworkID))
 	if err != nil {
 		return nil, fmt.Errorf("network %s: %w", short(req.NetworkID, 12), err)
@@ -262,8 +287,7 @@ func macFor(p netip.Prefix) string {
 
 // DeleteEndpoint removes the veth pair and the record.
 func (d *Driver) DeleteEndpoint(req *api.DeleteEndpointRequest) error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	defer d.lockNetwork(req.NetworkID, false)()
 	ep, err := load[Endpoint](d.store, endpointKey(req.NetworkID, req.EndpointID))
 	if errors.Is(err, errNoRecord) {
 		return nil
@@ -307,8 +331,7 @@ func (d *Driver) EndpointInfo(req *api.InfoRequest) (*api.InfoResponse, error) {
 // ethN, and names the gateway. An internal network has none, so the
 // container gets no default route through it.
 func (d *Driver) Join(req *api.JoinRequest) (*api.JoinResponse, error) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	defer d.lockNetwork(req.NetworkID, false)()
 	n, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
 	if err != nil {
 		return nil, err

@@ -14,8 +14,7 @@ import (
 // ProgramExternalConnectivity publishes the endpoint's ports (-p, -P).
 // Either every binding is programmed and recorded, or none is.
 func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivityRequest) error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	defer d.lockNetwork(req.NetworkID, false)()
 	n, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
 	if err != nil {
 		return err
@@ -31,8 +30,6 @@ func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivit
 	if !ep.Addr4.IsValid() {
 		return errors.New("publish ports: the endpoint has no IPv4 address")
 	}
-	d.portsMu.Lock()
-	defer d.portsMu.Unlock()
 	if len(ep.Ports) > 0 {
 		return nil // already published: dockerd repeats this as the gateway moves
 	}
@@ -52,7 +49,9 @@ func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivit
 		res.release()
 		return fmt.Errorf("record published ports: %w", err)
 	}
+	d.portsMu.Lock()
 	d.reserved[ep.ID] = res
+	d.portsMu.Unlock()
 	for _, b := range bindings {
 		d.log.Info("published", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "port", b.String(), "container", ep.Addr4.Addr())
 	}
@@ -61,8 +60,7 @@ func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivit
 
 // RevokeExternalConnectivity withdraws the endpoint's published ports.
 func (d *Driver) RevokeExternalConnectivity(req *api.RevokeExternalConnectivityRequest) error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	defer d.lockNetwork(req.NetworkID, false)()
 	_, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
 	if errors.Is(err, errNoRecord) {
 		return nil
@@ -76,8 +74,6 @@ func (d *Driver) RevokeExternalConnectivity(req *api.RevokeExternalConnectivityR
 // unpublish removes the endpoint's port rules, frees its host ports and
 // records that. Nothing published is a no-op.
 func (d *Driver) unpublish(ep *Endpoint) error {
-	d.portsMu.Lock()
-	defer d.portsMu.Unlock()
 	if len(ep.Ports) == 0 {
 		return nil
 	}
@@ -88,8 +84,10 @@ func (d *Driver) unpublish(ep *Endpoint) error {
 	if err := d.fw.remove(endpointPortRules(n, ep), false); err != nil {
 		return fmt.Errorf("unpublish ports: %w", err)
 	}
+	d.portsMu.Lock()
 	d.reserved[ep.ID].release()
 	delete(d.reserved, ep.ID)
+	d.portsMu.Unlock()
 	for _, b := range ep.Ports {
 		d.log.Info("unpublished", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "port", b.String())
 	}

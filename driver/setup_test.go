@@ -14,7 +14,8 @@ import (
 
 // inNewNetns runs fn in a fresh network namespace on a locked thread, so
 // kernel steps are tested without touching the host. Needs root; CI runs
-// these as root.
+// these as root. Goroutines that fn starts run on other threads, in the
+// host's namespace: they must use inTestNetns.
 func inNewNetns(t *testing.T, fn func()) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -32,6 +33,27 @@ func inNewNetns(t *testing.T, fn func()) {
 		t.Fatal(err)
 	}
 	defer ns.Close()
+	defer netns.Set(orig)
+	testNetns = ns
+	fn()
+}
+
+// testNetns is the namespace of the running inNewNetns.
+var testNetns netns.NsHandle
+
+// inTestNetns runs fn on a thread switched into the test's namespace, for
+// goroutines started inside inNewNetns.
+func inTestNetns(fn func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		panic(err)
+	}
+	defer orig.Close()
+	if err := netns.Set(testNetns); err != nil {
+		panic(err)
+	}
 	defer netns.Set(orig)
 	fn()
 }

@@ -1,0 +1,120 @@
+package driver
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	api "github.com/docker/go-plugins-helpers/network"
+
+	"github.com/vxbridge/vxbridge/store"
+)
+
+// Requests arrive in parallel (docker rm -f a b c, many docker runs): the
+// driver must come out with exactly what was asked, and one bridge name
+// must never go to two networks.
+func TestConcurrentRequests(t *testing.T) {
+	inNewNetns(t, func() {
+		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		d, err := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := func(kind byte, i, j int) string { return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59) }
+		const nets, eps = 6, 4
+		var wg sync.WaitGroup
+		errs := make(chan error, nets*eps*4)
+		for i := 0; i < nets; i++ {
+			wg.Add(1)
+			go inTestNetns(func() {
+				defer wg.Done()
+				nid := id('a', i, 0)
+				req := &api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 100+i)}}}
+				if err := d.CreateNetwork(req); err != nil {
+					errs <- err
+					return
+				}
+				var ew sync.WaitGroup
+				for j := 0; j < eps; j++ {
+					ew.Add(1)
+					go inTestNetns(func() {
+						defer ew.Done()
+						_, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: id('b', i, j),
+							Interface: &api.EndpointInterface{Address: fmt.Sprintf("10.%d.0.%d/24", 100+i, 2+j)}})
+						if err == nil {
+							_, err = d.Join(&api.JoinRequest{NetworkID: nid, EndpointID: id('b', i, j)})
+						}
+						if err != nil {
+							errs <- err
+						}
+					})
+				}
+				ew.Wait()
+			})
+		}
+		// Meanwhile two networks race for one bridge name.
+		var won atomic.Int32
+		for k := 0; k < 2; k++ {
+			wg.Add(1)
+			go inTestNetns(func() {
+				defer wg.Done()
+				err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: id('c', k, 0),
+					Options:  map[string]interface{}{keyGeneric: map[string]interface{}{optBridgeName: "vxt-same"}},
+					IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 200+k)}}})
+				if err == nil {
+					won.Add(1)
+				} else if !strings.Contains(err.Error(), "vxt-same") {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("request failed: %v", err)
+		}
+		if won.Load() != 1 {
+			t.Fatalf("%d networks got bridge vxt-same, want exactly 1", won.Load())
+		}
+		s, _ := d.State()
+		if len(s.Networks) != nets+1 || len(s.Endpoints) != nets*eps {
+			t.Fatalf("%d networks and %d endpoints recorded, want %d and %d", len(s.Networks), len(s.Endpoints), nets+1, nets*eps)
+		}
+
+		// Tear everything down in parallel, endpoints and networks racing.
+		for _, n := range s.Networks {
+			wg.Add(1)
+			go inTestNetns(func() {
+				defer wg.Done()
+				if err := d.DeleteNetwork(&api.DeleteNetworkRequest{NetworkID: n.ID}); err != nil {
+					t.Errorf("DeleteNetwork: %v", err)
+				}
+			})
+		}
+		for _, e := range s.Endpoints {
+			wg.Add(1)
+			go inTestNetns(func() {
+				defer wg.Done()
+				if err := d.DeleteEndpoint(&api.DeleteEndpointRequest{NetworkID: e.NetworkID, EndpointID: e.ID}); err != nil {
+					t.Errorf("DeleteEndpoint: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if s, _ := d.State(); len(s.Networks)+len(s.Endpoints) != 0 {
+			t.Fatalf("records left: %+v", s)
+		}
+		if rep, err := d.Repair(); err != nil || rep.changed() {
+			t.Fatalf("repair after teardown found work: %+v, %v", rep, err)
+		}
+	})
+}
