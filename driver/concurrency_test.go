@@ -29,7 +29,9 @@ func TestConcurrentRequests(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id := func(kind byte, i, j int) string { return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59) }
+		id := func(kind byte, i, j int) string {
+			return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59)
+		}
 		const nets, eps = 6, 4
 		var wg sync.WaitGroup
 		errs := make(chan error, nets*eps*4)
