@@ -2,17 +2,12 @@ package driver
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	api "github.com/docker/go-plugins-helpers/network"
-
-	"github.com/vxbridge/vxbridge/store"
 )
 
 // Requests arrive in parallel (docker rm -f a b c, many docker runs): the
@@ -20,15 +15,7 @@ import (
 // must never go to two networks.
 func TestConcurrentRequests(t *testing.T) {
 	inNewNetns(t, func() {
-		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		d, err := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := newTestDriver(t)
 		id := func(kind byte, i, j int) string {
 			return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59)
 		}

@@ -209,7 +209,7 @@ func (d *Driver) teardownNetwork(n *Network) error {
 	if err := d.fw.remove(networkRules(n), n.Options.IPv6); err != nil {
 		return err
 	}
-	if err := deleteBridge(n.Options.Bridge); err != nil {
+	if err := deleteLink("bridge", n.Options.Bridge); err != nil {
 		return err
 	}
 	return remove(d.store, networkKey(n.ID))
@@ -303,7 +303,7 @@ func (d *Driver) teardownEndpoint(ep *Endpoint) error {
 	if err := d.unpublish(ep); err != nil {
 		return err
 	}
-	if err := deleteVeth(ep.HostIf); err != nil {
+	if err := deleteLink("veth", ep.HostIf); err != nil {
 		return err
 	}
 	if err := remove(d.store, endpointKey(ep.NetworkID, ep.ID)); err != nil {

@@ -1,29 +1,16 @@
 package driver
 
 import (
-	"io"
-	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	api "github.com/docker/go-plugins-helpers/network"
 	"github.com/vishvananda/netlink"
-
-	"github.com/vxbridge/vxbridge/store"
 )
 
 func TestRepairRebuildsAndCleans(t *testing.T) {
 	inNewNetns(t, func() {
-		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		d, err := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := newTestDriver(t)
 		nid, live, dead := strings.Repeat("1", 64), strings.Repeat("2", 64), strings.Repeat("3", 64)
 		if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Pool: "10.9.0.0/24", Gateway: "10.9.0.1/24"}}}); err != nil {
 			t.Fatal(err)
@@ -102,15 +89,7 @@ func mustDel(t *testing.T, name string) {
 
 func TestRepeatedRequestsAreIdempotent(t *testing.T) {
 	inNewNetns(t, func() {
-		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		d, err := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := newTestDriver(t)
 		nid, eid := strings.Repeat("4", 64), strings.Repeat("5", 64)
 		net := &api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Pool: "10.8.0.0/24", Gateway: "10.8.0.1/24"}}}
 		for i := 0; i < 2; i++ {

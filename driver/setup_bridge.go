@@ -63,17 +63,19 @@ func ensureBridge(n *Network) error {
 	return nil
 }
 
-// deleteBridge removes the bridge; one already gone is not an error.
-func deleteBridge(name string) error {
+// deleteLink removes a bridge or a veth pair (by its host end); one
+// already gone is success: a container whose namespace died took its pair
+// with it.
+func deleteLink(kind, name string) error {
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("look up bridge %s: %w", name, err)
+		return fmt.Errorf("look up %s %s: %w", kind, name, err)
 	}
 	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete bridge %s: %w", name, err)
+		return fmt.Errorf("delete %s %s: %w", kind, name, err)
 	}
 	return nil
 }

@@ -1,8 +1,11 @@
 package driver
 
 import (
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -10,6 +13,8 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/vxbridge/vxbridge/store"
 )
 
 // inNewNetns runs fn in a fresh network namespace on a locked thread, so
@@ -56,6 +61,22 @@ func inTestNetns(fn func()) {
 	}
 	defer netns.Set(orig)
 	fn()
+}
+
+// newTestDriver returns a driver on a fresh state file, for use inside
+// inNewNetns.
+func newTestDriver(t *testing.T) *Driver {
+	t.Helper()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	d, err := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func testNetwork() *Network {
@@ -107,13 +128,13 @@ func TestBridgeAndVeth(t *testing.T) {
 		if err := createVeth(ep, "vxb-test", 1400); err == nil || !strings.Contains(err.Error(), "vxv-e1") {
 			t.Fatalf("duplicate veth: %v", err)
 		}
-		if err := deleteVeth("vxv-e1"); err != nil || linkExists("vxc-e1") {
+		if err := deleteLink("veth", "vxv-e1"); err != nil || linkExists("vxc-e1") {
 			t.Fatalf("deleteVeth: %v", err)
 		}
-		if err := deleteVeth("vxv-e1"); err != nil {
+		if err := deleteLink("veth", "vxv-e1"); err != nil {
 			t.Fatalf("second deleteVeth: %v", err)
 		}
-		if err := deleteBridge("vxb-test"); err != nil || linkExists("vxb-test") {
+		if err := deleteLink("bridge", "vxb-test"); err != nil || linkExists("vxb-test") {
 			t.Fatalf("deleteBridge: %v", err)
 		}
 	})

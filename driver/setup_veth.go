@@ -30,28 +30,12 @@ func createVeth(ep *Endpoint, bridge string, mtu int) error {
 	// Hairpin lets a container reach its own published port through the
 	// host address: DNAT sends the packet back out the port it came in by.
 	if err := netlink.LinkSetHairpin(veth, true); err != nil {
-		deleteVeth(ep.HostIf)
+		deleteLink("veth", ep.HostIf)
 		return fmt.Errorf("set hairpin on veth %s: %w", ep.HostIf, err)
 	}
 	if err := netlink.LinkSetUp(veth); err != nil {
-		deleteVeth(ep.HostIf)
+		deleteLink("veth", ep.HostIf)
 		return fmt.Errorf("set veth %s up: %w", ep.HostIf, err)
-	}
-	return nil
-}
-
-// deleteVeth removes the pair by its host end. A container whose namespace
-// died took the pair with it, so "not found" is success.
-func deleteVeth(name string) error {
-	link, err := netlink.LinkByName(name)
-	if isNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("look up veth %s: %w", name, err)
-	}
-	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete veth %s: %w", name, err)
 	}
 	return nil
 }
