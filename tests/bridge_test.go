@@ -72,13 +72,21 @@ func TestContainersReachEachOtherByIPAndName(t *testing.T) {
 	mustPing(t, db, app) // the others are unaffected
 }
 
-func TestOneContainerOnTwoNetworks(t *testing.T) {
-	na, _ := network(t, "-d", driverName, name(t, "front"))
-	nb, _ := network(t, "-d", driverName, name(t, "back"))
-	a := container(t, "--name", name(t, "a"), "--network", na)
-	b := container(t, "--name", name(t, "b"), "--network", nb)
-	ab := container(t, "--name", name(t, "ab"), "--network", na)
+// twoNetworks makes networks na and nb, container a on na, b on nb, and
+// ab on both (started on na, connected to nb).
+func twoNetworks(t *testing.T) (na, nb, a, b, ab string) {
+	t.Helper()
+	na, _ = network(t, "-d", driverName, name(t, "front"))
+	nb, _ = network(t, "-d", driverName, name(t, "back"))
+	a = container(t, "--name", name(t, "a"), "--network", na)
+	b = container(t, "--name", name(t, "b"), "--network", nb)
+	ab = container(t, "--name", name(t, "ab"), "--network", na)
 	docker(t, "network", "connect", nb, ab)
+	return
+}
+
+func TestOneContainerOnTwoNetworks(t *testing.T) {
+	na, nb, a, b, ab := twoNetworks(t)
 
 	links := exec_(t, ab, "ip", "-o", "addr", "show")
 	for _, want := range []string{ipOf(t, ab, na).String(), ipOf(t, ab, nb).String()} {

@@ -213,12 +213,7 @@ func TestOutboundThroughMasquerade(t *testing.T) {
 
 func TestIsolationAndICC(t *testing.T) {
 	world(t)
-	na, _ := network(t, "-d", driverName, name(t, "isoa"))
-	nb, _ := network(t, "-d", driverName, name(t, "isob"))
-	a := container(t, "--name", name(t, "a"), "--network", na)
-	b := container(t, "--name", name(t, "b"), "--network", nb)
-	ab := container(t, "--name", name(t, "ab"), "--network", na)
-	docker(t, "network", "connect", nb, ab)
+	na, nb, a, b, ab := twoNetworks(t)
 
 	mustNotPing(t, a, ipOf(t, b, nb).String())
 	mustNotPing(t, b, ipOf(t, a, na).String())
