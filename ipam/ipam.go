@@ -402,6 +402,9 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 			refused = err
 			return nil, err
 		}
+		if gateway {
+			p.Gateway = addr
+		}
 		got = netip.PrefixFrom(addr, p.Prefix.Bits())
 		return p.encode()
 	})
@@ -436,6 +439,9 @@ func (a *Allocator) ReleaseAddress(req *api.ReleaseAddressRequest) error {
 		}
 		if !p.remove(addr) {
 			return nil, errNoChange
+		}
+		if p.Gateway == addr {
+			p.Gateway = netip.Addr{}
 		}
 		return p.encode()
 	})

@@ -660,3 +660,20 @@ func TestStoreLayout(t *testing.T) {
 		t.Fatalf("record %s", b)
 	}
 }
+
+// The pool remembers which address is its gateway: dockerd does not show
+// it for --subnet without --gateway, and reconciliation must not take it.
+func TestPoolRecordsItsGateway(t *testing.T) {
+	a := newAlloc(t, nil)
+	id := mustPool(t, a, "10.3.0.0/24", "")
+	gw := gateway(t, a, id)
+	alloc(t, a, id, "")
+	pools, err := a.Pools()
+	if err != nil || len(pools) != 1 || pools[0].Gateway.String()+"/24" != gw {
+		t.Fatalf("pool gateway after request: %+v, %v; want %s", pools, err, gw)
+	}
+	release(t, a, id, gw)
+	if pools, _ := a.Pools(); pools[0].Gateway.IsValid() {
+		t.Fatalf("gateway %s still recorded after release", pools[0].Gateway)
+	}
+}

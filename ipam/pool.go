@@ -22,7 +22,11 @@ type Pool struct {
 	Allocated []netip.Addr `json:"allocated"`
 	// Cursor is the last address handed out automatically; the next one
 	// starts after it so released addresses are not reused at once.
-	Cursor  netip.Addr        `json:"cursor"`
+	Cursor netip.Addr `json:"cursor"`
+	// Gateway is the address dockerd asked for as the network's gateway:
+	// dockerd does not always show it (not for --subnet without
+	// --gateway), so reconciliation needs it from here.
+	Gateway netip.Addr        `json:"gateway"`
 	Options map[string]string `json:"options,omitempty"`
 }
 

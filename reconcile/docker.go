@@ -31,6 +31,7 @@ type Network struct {
 	ID   string `json:"Id"`
 	Name string
 	IPAM struct {
+		Driver string
 		Config []struct {
 			Subnet             string
 			Gateway            string

@@ -191,9 +191,9 @@ func hasEndpoint(n Network, id string) bool {
 }
 
 // ipamPass releases pools no network uses and addresses nobody holds. A
-// pool belongs to the dockerd network with that subnet (pools never
-// overlap); its rightful addresses are that network's gateway, aux
-// addresses and containers' addresses.
+// pool belongs to the dockerd network with that subnet and a plugin IPAM
+// (our pools never overlap each other); its rightful addresses are that
+// network's gateway, aux addresses and containers' addresses.
 func (r *Reconciler) ipamPass(nets []Network, due func(string) bool, rep *Report) {
 	pools, err := r.alloc.Pools()
 	if err != nil {
@@ -202,6 +202,9 @@ func (r *Reconciler) ipamPass(nets []Network, due func(string) bool, rep *Report
 	}
 	owners := map[netip.Prefix]Network{}
 	for _, n := range nets {
+		if n.IPAM.Driver == "default" || n.IPAM.Driver == "null" {
+			continue // Docker's own IPAM: none of our pools is its
+		}
 		for _, c := range n.IPAM.Config {
 			if p, err := netip.ParsePrefix(c.Subnet); err == nil {
 				owners[p.Masked()] = n
@@ -221,6 +224,9 @@ func (r *Reconciler) ipamPass(nets []Network, due func(string) bool, rep *Report
 			continue
 		}
 		held := heldAddresses(owner)
+		// dockerd shows the gateway only when the user chose it; the pool
+		// remembers the one it handed out.
+		held[p.Gateway] = true
 		for _, a := range p.Allocated {
 			if held[a] || !due("address/"+p.ID()+"/"+a.String()) {
 				continue

@@ -41,6 +41,9 @@ func books(t *testing.T, net, subnet, gateway string) (dups, leaks int) {
 			leaks++
 		}
 	}
+	if !allocated[gateway] {
+		t.Errorf("the gateway %s is no longer allocated", gateway)
+	}
 	for ip := range holders {
 		if !allocated[ip] {
 			t.Errorf("running container address %s is not allocated in the pool", ip)
