@@ -242,3 +242,43 @@ func waitForLong(t *testing.T, what string, ok func() bool) {
 	}
 	t.Fatalf("timed out waiting for %s", what)
 }
+
+// dockerd forgets teardown calls it cannot deliver: containers removed
+// while the plugin is down leave endpoints and addresses behind, which the
+// plugin must find and free by itself.
+func TestTeardownWhilePluginDown(t *testing.T) {
+	const subnet, gateway = "10.236.0.0/24", "10.236.0.1"
+	n, _ := network(t, "-d", driverName, "--ipam-driver", driverName, "--subnet", subnet, name(t, "down"))
+	keep := container(t, "--name", name(t, "keep"), "--network", n)
+	var gone []string
+	for i := 0; i < 3; i++ {
+		gone = append(gone, container(t, "--name", name(t, fmt.Sprintf("gone%d", i)), "--network", n))
+	}
+
+	mustRun(t, "docker", "plugin", "disable", "-f", driverName)
+	enabled := false
+	t.Cleanup(func() {
+		if !enabled {
+			run("docker", "plugin", "enable", driverName)
+		}
+	})
+	// dockerd retries each plugin call for ~15 s, warns and goes on: one
+	// command, so the containers' teardowns wait in parallel.
+	run(append([]string{"docker", "rm", "-f"}, gone...)...)
+	mustRun(t, "docker", "plugin", "enable", driverName)
+	enabled = true
+	waitFor(t, "the plugin to answer", func() bool { _, err := run(vxbridgeBin, "state"); return err == nil })
+
+	before := len(findPool(t, subnet).Allocated)
+	out := reconcileNow(t)
+	t.Logf("reconcile: %s", out)
+	after := len(findPool(t, subnet).Allocated)
+	if after != 2 { // the gateway and keep's address
+		t.Fatalf("%d addresses allocated after reconcile (%d before), want 2", after, before)
+	}
+	dups, leaks := books(t, n, subnet, gateway)
+	t.Logf("figures: %d containers removed while the plugin was down, %d addresses freed by reconciliation, %d duplicates, %d leaks", len(gone), before-after, dups, leaks)
+	mustPing(t, keep, gateway)
+	late := container(t, "--name", name(t, "late"), "--network", n)
+	mustPing(t, late, keep)
+}
