@@ -185,6 +185,48 @@ func portRules(n *Network, ep *Endpoint, b PortBinding) []rule {
 	}
 }
 
+// ruleSet is rules of one owner, with whether they apply to IPv6 too.
+type ruleSet struct {
+	rules []rule
+	ipv6  bool
+}
+
+// intact reports whether vxbridge's chains hold exactly as many tagged
+// rules as want, per family and chain: a flush or a lost rule shows as a
+// shortfall, for one listing per chain instead of a check per rule.
+func (f *firewall) intact(want []ruleSet) (bool, error) {
+	type key struct {
+		t     *iptables.IPTables
+		chain string
+	}
+	expected := map[key]int{}
+	for _, rs := range want {
+		for _, r := range rs.rules {
+			for _, t := range f.tables(r, rs.ipv6) {
+				expected[key{t, r.chain}]++
+			}
+		}
+	}
+	for _, t := range []*iptables.IPTables{f.v4, f.v6} {
+		for _, c := range chains {
+			rules, err := t.List(c.table, c.name)
+			if err != nil {
+				return false, fmt.Errorf("list chain %s: %w", c.name, err)
+			}
+			n := 0
+			for _, r := range rules {
+				if _, ok := ruleTag(r); ok {
+					n++
+				}
+			}
+			if n != expected[key{t, c.name}] {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
 // ensure adds the rules that are missing; existing ones stay in place.
 func (f *firewall) ensure(rs []rule, ipv6 bool) error {
 	for _, r := range rs {

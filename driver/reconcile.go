@@ -16,10 +16,11 @@ type Repairs struct {
 	PublishedPorts  int // published ports held and programmed again
 	OrphanLinks     int // vxbridge bridges and veths that no record owns: deleted
 	OrphanRules     int // tagged rules that no record owns: deleted
+	RulesRestored   bool
 }
 
 func (r Repairs) changed() bool {
-	return r.StaleEndpoints+r.ReattachedVeths+r.OrphanLinks+r.OrphanRules > 0
+	return r.RulesRestored || r.StaleEndpoints+r.ReattachedVeths+r.OrphanLinks+r.OrphanRules > 0
 }
 
 // Repair makes the kernel match the records, both ways: it re-creates
@@ -41,10 +42,12 @@ func (d *Driver) Repair() (Repairs, error) {
 	}
 	bridges := map[string]*Network{}
 	tags := map[string]bool{}
+	var want []ruleSet
 	for _, n := range nets {
-		if err := d.ensureNetwork(n); err != nil {
+		if err := ensureBridge(n); err != nil {
 			return rep, fmt.Errorf("repair network %s: %w", short(n.ID, 12), err)
 		}
+		want = append(want, ruleSet{networkRules(n), n.Options.IPv6})
 		rep.Networks++
 		bridges[n.Options.Bridge] = n
 		tags[short(n.ID, 12)] = true
@@ -75,9 +78,8 @@ func (d *Driver) Repair() (Repairs, error) {
 		} else if reattached {
 			rep.ReattachedVeths++
 		}
-		if err := d.republish(n, ep); err != nil {
-			return rep, err
-		}
+		d.holdPorts(ep)
+		want = append(want, ruleSet{endpointPortRules(n, ep), false})
 		rep.PublishedPorts += len(ep.Ports)
 		tags[short(n.ID, 12)+":"+short(ep.ID, 12)] = true
 	}
@@ -87,40 +89,49 @@ func (d *Driver) Repair() (Repairs, error) {
 	if rep.OrphanRules, err = d.fw.removeOrphans(tags); err != nil {
 		return rep, err
 	}
+	// Re-asserting every rule costs an iptables run each; counting the
+	// chains' tagged rules first makes the periodic pass cheap.
+	if intact, err := d.fw.intact(want); err != nil {
+		return rep, err
+	} else if !intact {
+		for _, rs := range want {
+			if err := d.fw.ensure(rs.rules, rs.ipv6); err != nil {
+				return rep, err
+			}
+		}
+		rep.RulesRestored = true
+	}
 	level := d.log.Debug
 	if rep.changed() {
 		level = d.log.Warn
 	}
 	level("repaired kernel state", "networks", rep.Networks, "published ports", rep.PublishedPorts,
 		"stale endpoints", rep.StaleEndpoints, "reattached veths", rep.ReattachedVeths,
-		"orphan links", rep.OrphanLinks, "orphan rules", rep.OrphanRules)
+		"orphan links", rep.OrphanLinks, "orphan rules", rep.OrphanRules, "rules restored", rep.RulesRestored)
 	return rep, nil
 }
 
-// republish holds an endpoint's recorded host ports again (unless this
-// process already does) and re-asserts their rules. A port taken meanwhile
-// is reported, but the rules still go in, so the container stays reachable.
-func (d *Driver) republish(n *Network, ep *Endpoint) error {
+// holdPorts holds an endpoint's recorded host ports again, unless this
+// process already does. A port taken meanwhile is reported, and its rules
+// still go in, so the container stays reachable.
+func (d *Driver) holdPorts(ep *Endpoint) {
 	if len(ep.Ports) == 0 {
-		return nil
+		return
 	}
 	d.portsMu.Lock()
 	defer d.portsMu.Unlock()
-	if _, held := d.reserved[ep.ID]; !held {
-		reqs := make([]portRequest, len(ep.Ports))
-		for i, b := range ep.Ports {
-			reqs[i] = portRequest{PortBinding: b, HostPortEnd: b.HostPort}
-		}
-		if _, res, err := reserve(reqs); err != nil {
-			d.log.Warn("hold published ports again", "endpoint", short(ep.ID, 12), "err", err)
-		} else {
-			d.reserved[ep.ID] = res
-		}
+	if _, held := d.reserved[ep.ID]; held {
+		return
 	}
-	if err := d.fw.ensure(endpointPortRules(n, ep), false); err != nil {
-		return fmt.Errorf("repair ports of endpoint %s: %w", short(ep.ID, 12), err)
+	reqs := make([]portRequest, len(ep.Ports))
+	for i, b := range ep.Ports {
+		reqs[i] = portRequest{PortBinding: b, HostPortEnd: b.HostPort}
 	}
-	return nil
+	if _, res, err := reserve(reqs); err != nil {
+		d.log.Warn("hold published ports again", "endpoint", short(ep.ID, 12), "err", err)
+	} else {
+		d.reserved[ep.ID] = res
+	}
 }
 
 // attachVeth puts a host veth back on its bridge, up and in hairpin mode,

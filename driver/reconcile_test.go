@@ -46,7 +46,7 @@ func TestRepairRebuildsAndCleans(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := Repairs{Networks: 1, StaleEndpoints: 1, ReattachedVeths: 1, OrphanLinks: 2, OrphanRules: 1}
+		want := Repairs{Networks: 1, StaleEndpoints: 1, ReattachedVeths: 1, OrphanLinks: 2, OrphanRules: 1, RulesRestored: true}
 		if rep != want {
 			t.Fatalf("repairs %+v, want %+v", rep, want)
 		}
