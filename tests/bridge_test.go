@@ -202,6 +202,23 @@ func TestIPv6BetweenContainers(t *testing.T) {
 	}
 	mustPing(t, a, addr.String(), "-6")
 	mustPing(t, a, ipOf(t, b, n).String()) // and IPv4 beside it
+
+	// Without --subnet, vxbridge's IPAM picks an IPv6 /64 too.
+	auto, _ := network(t, "-d", driverName, "--ipam-driver", driverName, "--ipv6", name(t, "v6auto"))
+	subnets := docker(t, "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", auto)
+	var v6 netip.Prefix
+	for _, s := range strings.Fields(subnets) {
+		if p := netip.MustParsePrefix(s); p.Addr().Is6() {
+			v6 = p
+		}
+	}
+	if !v6.IsValid() || v6.Bits() != 64 || !netip.MustParsePrefix("fd76:7862::/32").Overlaps(v6) {
+		t.Fatalf("automatic IPv6 subnet: %q, want a /64 in fd76:7862::/32", subnets)
+	}
+	c := container(t, "--name", name(t, "c6"), "--network", auto)
+	d := container(t, "--name", name(t, "d6"), "--network", auto)
+	ip6 := docker(t, "inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).GlobalIPv6Address}}`, auto), d)
+	mustPing(t, c, ip6, "-6")
 }
 
 func TestMTUOption(t *testing.T) {
