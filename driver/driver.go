@@ -84,8 +84,9 @@ func (d *Driver) ensureNetwork(n *Network) error {
 	return d.fw.ensure(networkRules(n), n.Options.IPv6)
 }
 
-// GetCapabilities: networks are local to a host; several hosts share one
-// through the overlay, which the plugin ties together itself.
+// GetCapabilities: networks are local to a host (global scope needs swarm,
+// see shared notes); a network spanning hosts will be one local network per
+// host, tied together by the plugin.
 func (d *Driver) GetCapabilities() (*api.CapabilitiesResponse, error) {
 	return &api.CapabilitiesResponse{Scope: api.LocalScope, ConnectivityScope: api.LocalScope}, nil
 }
