@@ -37,17 +37,20 @@ func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivit
 	if err != nil {
 		return err
 	}
+	// Record first, rules second: after a crash in between, Repair
+	// programs what the record says; a rule never outlives its record.
 	ep.Ports = bindings
+	if err := save(d.store, endpointKey(n.ID, ep.ID), ep); err != nil {
+		res.release()
+		return fmt.Errorf("record published ports: %w", err)
+	}
 	rules := endpointPortRules(n, ep)
 	if err := d.fw.ensure(rules, false); err != nil {
 		d.fw.remove(rules, false)
 		res.release()
+		ep.Ports = nil
+		save(d.store, endpointKey(n.ID, ep.ID), ep)
 		return fmt.Errorf("publish ports: %w", err)
-	}
-	if err := save(d.store, endpointKey(n.ID, ep.ID), ep); err != nil {
-		d.fw.remove(rules, false)
-		res.release()
-		return fmt.Errorf("record published ports: %w", err)
 	}
 	d.portsMu.Lock()
 	d.reserved[ep.ID] = res
@@ -81,18 +84,25 @@ func (d *Driver) unpublish(ep *Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("network %s: %w", short(ep.NetworkID, 12), err)
 	}
-	if err := d.fw.remove(endpointPortRules(n, ep), false); err != nil {
+	// Record first: a rule left by a crash after it is an orphan that
+	// Repair removes.
+	rules := endpointPortRules(n, ep)
+	ports := ep.Ports
+	ep.Ports = nil
+	if err := save(d.store, endpointKey(ep.NetworkID, ep.ID), ep); err != nil {
+		return fmt.Errorf("record unpublished ports: %w", err)
+	}
+	if err := d.fw.remove(rules, false); err != nil {
 		return fmt.Errorf("unpublish ports: %w", err)
 	}
 	d.portsMu.Lock()
 	d.reserved[ep.ID].release()
 	delete(d.reserved, ep.ID)
 	d.portsMu.Unlock()
-	for _, b := range ep.Ports {
+	for _, b := range ports {
 		d.log.Info("unpublished", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "port", b.String())
 	}
-	ep.Ports = nil
-	return save(d.store, endpointKey(ep.NetworkID, ep.ID), ep)
+	return nil
 }
 
 func endpointPortRules(n *Network, ep *Endpoint) []rule {

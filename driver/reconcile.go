@@ -78,10 +78,12 @@ func (d *Driver) Repair() (Repairs, error) {
 		} else if reattached {
 			rep.ReattachedVeths++
 		}
-		d.holdPorts(ep)
-		want = append(want, ruleSet{endpointPortRules(n, ep), false})
-		rep.PublishedPorts += len(ep.Ports)
-		tags[short(n.ID, 12)+":"+short(ep.ID, 12)] = true
+		if len(ep.Ports) > 0 {
+			d.holdPorts(ep)
+			want = append(want, ruleSet{endpointPortRules(n, ep), false})
+			rep.PublishedPorts += len(ep.Ports)
+			tags[short(n.ID, 12)+":"+short(ep.ID, 12)] = true
+		}
 	}
 	if rep.OrphanLinks, err = deleteOrphanLinks(bridges, veths); err != nil {
 		return rep, err
@@ -115,9 +117,6 @@ func (d *Driver) Repair() (Repairs, error) {
 // process already does. A port taken meanwhile is reported, and its rules
 // still go in, so the container stays reachable.
 func (d *Driver) holdPorts(ep *Endpoint) {
-	if len(ep.Ports) == 0 {
-		return
-	}
 	d.portsMu.Lock()
 	defer d.portsMu.Unlock()
 	if _, held := d.reserved[ep.ID]; held {

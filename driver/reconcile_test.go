@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -41,12 +42,17 @@ func TestRepairRebuildsAndCleans(t *testing.T) {
 		if err := d.fw.v4.Append("nat", chainPostrouting, spec([]string{"-s", "10.99.0.0/24"}, tag("deadbeef0000"), []string{"-j", "MASQUERADE"})...); err != nil {
 			t.Fatal(err)
 		}
+		// A port rule left by a crash after its record said "unpublished".
+		stray := portRules(&Network{ID: nid, Options: netOptions{Bridge: bridge}}, &Endpoint{ID: live, Addr4: netip.MustParsePrefix("10.9.0.2/24")}, PortBinding{Proto: "tcp", HostPort: 8080, ContainerPort: 80})
+		if err := d.fw.ensure(stray, false); err != nil {
+			t.Fatal(err)
+		}
 
 		rep, err := d.Repair()
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := Repairs{Networks: 1, StaleEndpoints: 1, ReattachedVeths: 1, OrphanLinks: 2, OrphanRules: 1, RulesRestored: true}
+		want := Repairs{Networks: 1, StaleEndpoints: 1, ReattachedVeths: 1, OrphanLinks: 2, OrphanRules: 1 + len(stray), RulesRestored: true}
 		if rep != want {
 			t.Fatalf("repairs %+v, want %+v", rep, want)
 		}
