@@ -80,13 +80,18 @@ func (d *Driver) unpublish(ep *Endpoint) error {
 	if len(ep.Ports) == 0 {
 		return nil
 	}
+	// Without its network's record the rules cannot be named; they are then
+	// orphans by their tag, which Repair removes.
+	var rules []rule
 	n, err := load[Network](d.store, networkKey(ep.NetworkID))
-	if err != nil {
+	switch {
+	case err == nil:
+		rules = endpointPortRules(n, ep)
+	case !errors.Is(err, errNoRecord):
 		return fmt.Errorf("network %s: %w", short(ep.NetworkID, 12), err)
 	}
 	// Record first: a rule left by a crash after it is an orphan that
 	// Repair removes.
-	rules := endpointPortRules(n, ep)
 	ports := ep.Ports
 	ep.Ports = nil
 	if err := save(d.store, endpointKey(ep.NetworkID, ep.ID), ep); err != nil {
@@ -100,7 +105,7 @@ func (d *Driver) unpublish(ep *Endpoint) error {
 	delete(d.reserved, ep.ID)
 	d.portsMu.Unlock()
 	for _, b := range ports {
-		d.log.Info("unpublished", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "port", b.String())
+		d.log.Info("unpublished", "network", short(ep.NetworkID, 12), "endpoint", short(ep.ID, 12), "port", b.String())
 	}
 	return nil
 }

@@ -129,3 +129,31 @@ func TestRepeatedRequestsAreIdempotent(t *testing.T) {
 		}
 	})
 }
+
+// An endpoint with published ports whose network record is gone (a crash
+// part way through deleting the network) must not stop the plugin from
+// starting: Repair drops it and its rules go as orphans.
+func TestRepairDropsEndpointOfMissingNetwork(t *testing.T) {
+	inNewNetns(t, func() {
+		d := newTestDriver(t)
+		n := testNetwork()
+		ep := &Endpoint{ID: strings.Repeat("6", 64), NetworkID: n.ID, HostIf: vethName(strings.Repeat("6", 64)),
+			Addr4: netip.MustParsePrefix("10.9.0.2/24"), Ports: []PortBinding{{Proto: "tcp", HostPort: 18555, ContainerPort: 80}}}
+		if err := save(d.store, endpointKey(n.ID, ep.ID), ep); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.fw.ensure(endpointPortRules(n, ep), false); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := d.Repair()
+		if err != nil {
+			t.Fatalf("repair: %v", err)
+		}
+		if rep.StaleEndpoints != 1 || rep.OrphanRules != len(endpointPortRules(n, ep)) {
+			t.Fatalf("repairs %+v: want 1 stale endpoint and its %d rules removed", rep, len(endpointPortRules(n, ep)))
+		}
+		if s, _ := d.State(); len(s.Endpoints) != 0 {
+			t.Fatalf("endpoint still recorded: %+v", s.Endpoints)
+		}
+	})
+}
