@@ -6,6 +6,7 @@ package plugin
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -106,15 +107,24 @@ func route[Req, Res any](r router, path string, fn func(*Req) (*Res, error)) {
 	})
 }
 
-// decode reads a JSON body; an empty body or JSON null leaves req zero, as
-// dockerd sends for calls without arguments.
+// errEmptyBody answers a call with arguments that came without a body.
+// dockerd does that when it retries a call the plugin did not answer (the
+// plugin restarted mid-call): it resends the body it already read, now
+// empty. Saying so beats failing later on a zero pool or endpoint ID.
+var errEmptyBody = errors.New("empty body (dockerd resends a call with an empty body when it retries a call the plugin did not answer, e.g. across a plugin restart): run the command again")
+
+// decode reads a JSON body. Calls without arguments (req is *struct{}) may
+// come with an empty body or JSON null, as dockerd sends them.
 func decode(body io.Reader, req any) error {
 	b, err := io.ReadAll(io.LimitReader(body, 1<<20))
 	if err != nil {
 		return err
 	}
 	if len(b) == 0 {
-		return nil
+		if _, noArgs := req.(*struct{}); noArgs {
+			return nil
+		}
+		return errEmptyBody
 	}
 	return json.Unmarshal(b, req)
 }

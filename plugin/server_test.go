@@ -299,6 +299,26 @@ func TestMalformedRequest(t *testing.T) {
 	}
 }
 
+// dockerd retries a call the plugin did not answer with the body it has
+// already read: an empty one. Such a call must fail naming that, and reach
+// nothing.
+func TestEmptyBodyForCallsWithArgumentsIsNamed(t *testing.T) {
+	f := &fake{}
+	c := startServer(t, f)
+	for _, path := range []string{"/NetworkDriver.CreateEndpoint", "/NetworkDriver.Join", "/NetworkDriver.EndpointOperInfo", "/IpamDriver.RequestAddress"} {
+		code, out := mustPost(t, c, path, "")
+		if code != http.StatusInternalServerError {
+			t.Fatalf("%s: status %d, answer %s", path, code, out)
+		}
+		if msg := errAnswer(t, path, out); !strings.Contains(msg, "empty body") {
+			t.Fatalf("%s: error %q does not name the empty body", path, msg)
+		}
+		if got := f.lastCall(); got != "" {
+			t.Fatalf("%s: empty request reached %s", path, got)
+		}
+	}
+}
+
 func TestEmptyBodyForCallsWithoutArguments(t *testing.T) {
 	f := &fake{}
 	c := startServer(t, f)
