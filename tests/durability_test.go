@@ -4,7 +4,6 @@ package tests
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -218,17 +217,6 @@ func TestDockerdRestartBringsBackContainers(t *testing.T) {
 	if ip := ipOf(t, web, n); !ip.IsValid() {
 		t.Fatalf("no address after restart")
 	}
-}
-
-// restartDockerd stops dockerd (SIGTERM, as a service manager would) and
-// starts it again with the project's script.
-func restartDockerd(t *testing.T) {
-	t.Helper()
-	pid := strings.TrimSpace(mustRun(t, "cat", "/var/run/docker.pid"))
-	mustRun(t, "kill", pid)
-	waitForLong(t, "dockerd to stop", func() bool { _, err := os.Stat("/proc/" + pid); return err != nil })
-	mustRun(t, "bash", "../scripts/dockerd.sh")
-	waitFor(t, "the plugin to answer", func() bool { _, err := run(vxbridgeBin, "state"); return err == nil })
 }
 
 func waitForLong(t *testing.T, what string, ok func() bool) {
