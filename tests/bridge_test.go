@@ -39,7 +39,7 @@ func TestNetworkLifecycle(t *testing.T) {
 	if out := docker(t, "network", "prune", "-f", "--filter", "label="+label); !strings.Contains(out, pn) {
 		t.Fatalf("network prune did not remove %s: %s", pn, out)
 	}
-	if out, _ := run("docker", "network", "inspect", pn); !strings.Contains(out, "No such network") && !strings.Contains(out, "not found") {
+	if out, _ := run("docker", "network", "inspect", pn); !notFound(out) {
 		t.Fatalf("%s still exists after prune: %s", pn, out)
 	}
 	assertNetworkGone(t, pid, subnets)

@@ -133,12 +133,19 @@ func network(t *testing.T, args ...string) (name, id string) {
 			restartDockerd(t)
 			out, err = run("docker", "network", "rm", name)
 		}
-		if err != nil && !strings.Contains(out, "not found") {
+		if err != nil && !notFound(out) {
 			t.Errorf("network rm %s: %v %s", name, err, out)
 		}
 		assertNetworkGone(t, id, subnets)
 	})
 	return name, id
+}
+
+// notFound reports whether docker's output says the object does not exist:
+// Debian's docker CLI (20.10) says "No such network", newer ones pass on
+// dockerd's "network … not found".
+func notFound(out string) bool {
+	return strings.Contains(out, "No such") || strings.Contains(out, "not found")
 }
 
 // attached counts the containers dockerd shows on network n.
