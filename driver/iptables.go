@@ -14,8 +14,9 @@ import (
 // endpoint), so a listing tells whose it is.
 const (
 	chainForward     = "VXBRIDGE-FORWARD"     // filter: what may cross our bridges
-	chainIsolation1  = "VXBRIDGE-ISOLATION-1" // filter: leaving one of our bridges for another interface…
-	chainIsolation2  = "VXBRIDGE-ISOLATION-2" // filter: …and entering another of our bridges: drop
+	chainIsolation1  = "VXBRIDGE-ISOLATION-1" // filter: crossing from or to one of our bridges…
+	chainIsolation2  = "VXBRIDGE-ISOLATION-2" // filter: …leaving it for another of ours or Docker's: drop
+	chainIsolation3  = "VXBRIDGE-ISOLATION-3" // filter: …entering it from one of Docker's bridges: drop
 	chainDNAT        = "VXBRIDGE-DNAT"        // nat: published ports
 	chainPostrouting = "VXBRIDGE-POSTROUTING" // nat: masquerade
 	dockerUser       = "DOCKER-USER"
@@ -27,26 +28,57 @@ type rule struct {
 	v4only       bool // NAT and published ports are IPv4 only, as Docker's are
 }
 
-// jump is a built-in chain's entry into one of ours. first puts it at the
-// top of the chain (after DOCKER-USER in FORWARD).
-type jump struct {
+// place says where a fixed rule goes in its chain.
+type place int
+
+const (
+	appended  place = iota
+	top             // first, after DOCKER-USER's jump in FORWARD
+	beforeEnd       // last before DOCKER-USER's closing RETURN
+)
+
+// fixedRule is a rule every host has whatever networks exist: a built-in
+// chain's entry into one of ours, or an isolation drop.
+type fixedRule struct {
 	rule
-	first bool
+	at place
 }
 
 var chains = []struct{ table, name string }{
-	{"filter", chainForward}, {"filter", chainIsolation1}, {"filter", chainIsolation2},
+	{"filter", chainForward}, {"filter", chainIsolation1}, {"filter", chainIsolation2}, {"filter", chainIsolation3},
 	{"nat", chainDNAT}, {"nat", chainPostrouting},
 }
 
-var jumps = []jump{
-	{rule{"filter", "FORWARD", []string{"-j", chainForward}, false}, true},
-	{rule{"filter", chainForward, []string{"-j", chainIsolation1}, false}, true},
+// dockerBridges are the names of the bridges of Docker's own bridge driver
+// (docker0 and br-<id>), which vxbridge networks are isolated from as
+// Docker isolates its networks from each other.
+var dockerBridges = []string{"docker0", "br-+"}
+
+var fixed = slices.Concat([]fixedRule{
+	{rule{"filter", "FORWARD", []string{"-j", chainForward}, false}, top},
+	{rule{"filter", chainForward, []string{"-j", chainIsolation1}, false}, top},
+	// dockerd inserts its own FORWARD rules (which accept all traffic
+	// leaving its bridges) at the top whenever it starts or makes a
+	// network, so the isolation drops must also be reached from
+	// DOCKER-USER, which dockerd keeps first: Docker's documented place for
+	// rules that load before its own. They go last there, so rules a user
+	// inserts still win, as they do over Docker's own isolation.
+	{rule{"filter", dockerUser, []string{"-j", chainIsolation1}, false}, beforeEnd},
 	// Addresses of the host itself, from outside (PREROUTING) and from the
 	// host (OUTPUT, 127.0.0.1 included).
-	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, false},
-	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, false},
-	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, true}, true},
+	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
+	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
+	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, true}, top},
+}, dockerIsolation())
+
+func dockerIsolation() []fixedRule {
+	var rs []fixedRule
+	for _, b := range dockerBridges {
+		rs = append(rs,
+			fixedRule{rule{"filter", chainIsolation2, []string{"-o", b, "-j", "DROP"}, false}, appended},
+			fixedRule{rule{"filter", chainIsolation3, []string{"-i", b, "-j", "DROP"}, false}, appended})
+	}
+	return rs
 }
 
 // firewall programs IPv4 and IPv6 rules through the iptables binary, the
@@ -75,13 +107,14 @@ func (f *firewall) tables(r rule, ipv6 bool) []*iptables.IPTables {
 	return []*iptables.IPTables{f.v4}
 }
 
-// setup makes vxbridge's chains and the jumps to them; it is idempotent and
-// runs at every start, since a reboot or firewall reload may have removed
-// them. The FORWARD jump goes right after Docker's DOCKER-USER jump, so
-// rules users put there still come first, as Docker documents.
+// setup makes vxbridge's chains (and DOCKER-USER, should dockerd not have
+// made it yet) and its fixed rules; it is idempotent and runs at every
+// start and repair, since a reboot or firewall reload may have removed them.
+// The FORWARD jump goes right after Docker's DOCKER-USER jump, so rules
+// users put there still come first, as Docker documents.
 func (f *firewall) setup() error {
 	for _, t := range []*iptables.IPTables{f.v4, f.v6} {
-		for _, c := range chains {
+		for _, c := range append(chains, struct{ table, name string }{"filter", dockerUser}) {
 			if ok, err := t.ChainExists(c.table, c.name); err != nil {
 				return fmt.Errorf("check chain %s: %w", c.name, err)
 			} else if !ok {
@@ -91,21 +124,24 @@ func (f *firewall) setup() error {
 			}
 		}
 	}
-	for _, j := range jumps {
-		for _, t := range f.tables(j.rule, true) {
-			if ok, err := t.Exists(j.table, j.chain, j.spec...); err != nil {
-				return fmt.Errorf("check jump from %s: %w", j.chain, err)
+	for _, r := range fixed {
+		for _, t := range f.tables(r.rule, true) {
+			if ok, err := t.Exists(r.table, r.chain, r.spec...); err != nil {
+				return fmt.Errorf("check rule in %s: %w", r.chain, err)
 			} else if ok {
 				continue
 			}
 			var err error
-			if j.first {
-				err = t.Insert(j.table, j.chain, firstPosition(t, j.table, j.chain), j.spec...)
-			} else {
-				err = t.Append(j.table, j.chain, j.spec...)
+			switch r.at {
+			case top:
+				err = t.Insert(r.table, r.chain, firstPosition(t, r.table, r.chain), r.spec...)
+			case beforeEnd:
+				err = t.Insert(r.table, r.chain, endPosition(t, r.table, r.chain), r.spec...)
+			default:
+				err = t.Append(r.table, r.chain, r.spec...)
 			}
 			if err != nil {
-				return fmt.Errorf("add jump from %s: %w", j.chain, err)
+				return fmt.Errorf("add rule to %s: %w", r.chain, err)
 			}
 		}
 	}
@@ -125,6 +161,19 @@ func firstPosition(t *iptables.IPTables, table, chain string) int {
 	return 1
 }
 
+// endPosition is the place of the chain's closing RETURN, or the end.
+func endPosition(t *iptables.IPTables, table, chain string) int {
+	rules, err := t.List(table, chain)
+	if err != nil {
+		return 1
+	}
+	// rules[0] is the -N line, so a rule's index is its number.
+	if i := slices.Index(rules, "-A "+chain+" -j RETURN"); i > 0 {
+		return i
+	}
+	return len(rules)
+}
+
 func tag(id string) []string {
 	return []string{"-m", "comment", "--comment", "vxbridge:" + id}
 }
@@ -142,8 +191,10 @@ func networkRules(n *Network) []rule {
 	rs := []rule{
 		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), false},
 		// Isolation: traffic leaving this bridge for another vxbridge
-		// bridge is dropped in ISOLATION-2.
+		// bridge or one of Docker's is dropped in ISOLATION-2, traffic
+		// entering it from one of Docker's in ISOLATION-3.
 		{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", chainIsolation2}), false},
+		{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", chainIsolation3}), false},
 		{"filter", chainIsolation2, spec([]string{"-o", br}, t, []string{"-j", "DROP"}), false},
 	}
 	if n.Options.Internal {

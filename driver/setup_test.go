@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -207,6 +208,52 @@ func TestFirewallRules(t *testing.T) {
 					t.Fatalf("rule %v left after remove", r.spec)
 				}
 			}
+		}
+	})
+}
+
+// dockerd keeps DOCKER-USER first in FORWARD and ends it with RETURN; the
+// isolation jump goes last before that RETURN (so a user's inserted rules
+// still win), once, and comes back when removed.
+func TestIsolationReachedFromDockerUser(t *testing.T) {
+	inNewNetns(t, func() {
+		fw, err := newFirewall()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.v4.NewChain("filter", dockerUser); err != nil {
+			t.Fatal(err)
+		}
+		for _, spec := range [][]string{{"-s", "192.0.2.1", "-j", "ACCEPT"}, {"-j", "RETURN"}} {
+			if err := fw.v4.Append("filter", dockerUser, spec...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := fw.v4.Insert("filter", "FORWARD", 1, "-j", dockerUser); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{
+			"-N " + dockerUser,
+			"-A " + dockerUser + " -s 192.0.2.1/32 -j ACCEPT",
+			"-A " + dockerUser + " -j " + chainIsolation1,
+			"-A " + dockerUser + " -j RETURN",
+		}
+		for i := 0; i < 3; i++ {
+			if i == 2 { // a flush by hand: the next setup puts it back
+				if err := fw.v4.Delete("filter", dockerUser, "-j", chainIsolation1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := fw.setup(); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := fw.v4.List("filter", dockerUser); !slices.Equal(got, want) {
+				t.Fatalf("run %d: DOCKER-USER is\n%s\nwant\n%s", i, strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		}
+		fwd, _ := fw.v4.List("filter", "FORWARD")
+		if len(fwd) < 3 || fwd[1] != "-A FORWARD -j "+dockerUser || fwd[2] != "-A FORWARD -j "+chainForward {
+			t.Fatalf("FORWARD is\n%s\nwant DOCKER-USER's jump, then ours", strings.Join(fwd, "\n"))
 		}
 	})
 }

@@ -220,6 +220,21 @@ func TestIsolationAndICC(t *testing.T) {
 	mustPing(t, ab, a)
 	mustPing(t, ab, b)
 
+	// Docker's own bridge networks (docker0, br-<id>) are isolated from
+	// vxbridge's as from each other, both ways; a container on both
+	// reaches both.
+	dn, _ := network(t, "-d", "bridge", name(t, "docker"))
+	d0 := container(t, "--name", name(t, "d0")) // on docker0
+	d1 := container(t, "--name", name(t, "d1"), "--network", dn)
+	for c, net := range map[string]string{d0: "bridge", d1: dn} {
+		mustNotPing(t, c, ipOf(t, a, na).String())
+		mustNotPing(t, a, ipOf(t, c, net).String())
+	}
+	docker(t, "network", "connect", dn, ab)
+	mustPing(t, ab, ipOf(t, d1, dn).String())
+	docker(t, "network", "disconnect", dn, ab) // ab outlives dn
+	mustPing(t, ab, a)
+
 	quiet, _ := network(t, "-d", driverName, "-o", "com.docker.network.bridge.enable_icc=false", name(t, "noicc"))
 	q1 := container(t, "--name", name(t, "q1"), "--network", quiet)
 	q2 := server(t, name(t, "q2"), "--network", quiet, "-p", "18097:80")
