@@ -73,6 +73,17 @@ func alloc(t testing.TB, a *Allocator, id, addr string) string {
 	return res.Address
 }
 
+// allocInOrder asks for the next free address once per want and checks
+// that they come in that order.
+func allocInOrder(t testing.TB, a *Allocator, id string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if got := alloc(t, a, id, ""); got != w {
+			t.Fatalf("got %s, want %s", got, w)
+		}
+	}
+}
+
 func gateway(t testing.TB, a *Allocator, id string) string {
 	t.Helper()
 	res, err := a.RequestAddress(&api.RequestAddressRequest{
