@@ -30,12 +30,14 @@ func (r Repairs) changed() bool {
 // and on demand; it holds the driver's write lock, so no request is half
 // way while it looks.
 func (d *Driver) Repair() (Repairs, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	var rep Repairs
+	// The chains and fixed rules belong to no record: checking them (two
+	// dozen iptables runs) needs no lock, so requests do not wait on it.
 	if err := d.fw.setup(); err != nil {
 		return rep, err
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	nets, err := loadAll[Network](d.store, networkKeys)
 	if err != nil {
 		return rep, fmt.Errorf("load networks: %w", err)
