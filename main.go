@@ -8,6 +8,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -86,9 +87,20 @@ func serve(args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
-	st, err := store.OpenBolt(*statePath)
-	if err != nil {
+	var st store.Store
+	bolt, err := store.OpenBolt(*statePath)
+	switch {
+	case errors.Is(err, store.ErrLocked):
+		// Another plugin serves this state (and its socket): leave both.
 		return err
+	case err != nil:
+		// Serve anyway, answering every request with the reason: an exit
+		// would leave dockerd only "connection refused" to show, and a
+		// managed plugin's leftover shim blocks every later enable.
+		log.Error("state unusable: every request will fail until it is fixed", "err", err)
+		st = store.Failed{Err: err}
+	default:
+		st = bolt
 	}
 	defer st.Close()
 	// One host, one store: the global (cluster) address space shares the
@@ -104,11 +116,21 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	rec := reconcile.New(drv, alloc, reconcile.NewDocker(*dockerSocket), log)
+	name := strings.TrimSuffix(filepath.Base(*socket), ".sock")
+	rec := reconcile.New(drv, alloc, reconcile.NewDocker(*dockerSocket), name, log)
 	h := plugin.NewHandler(drv, alloc, map[string]func() (any, error){
 		plugin.StatePath:     func() (any, error) { return snapshot(drv, alloc) },
 		plugin.ReconcilePath: func() (any, error) { return rec.Now(context.Background(), onDemandGrace), nil },
 	}, log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// Before serving: adopt what dockerd has and the records lost, then
+	// bring the kernel in line (see reconcile.Start).
+	startRep, viewed := rec.Start(ctx)
+	log.Info("driver ready", "networks", startRep.Kernel.Networks, "published ports", startRep.Kernel.PublishedPorts,
+		"adopted networks", startRep.AdoptedNetworks, "adopted endpoints", startRep.AdoptedEndpoints, "adopted pools", startRep.AdoptedPools,
+		"dockerd", cmp.Or(startRep.Docker, "answered"))
 
 	if err := os.MkdirAll(filepath.Dir(*socket), 0o755); err != nil {
 		return fmt.Errorf("create socket dir: %w", err)
@@ -122,9 +144,7 @@ func serve(args []string) error {
 	if err := os.Chmod(*socket, 0o600); err != nil {
 		return fmt.Errorf("chmod %s: %w", *socket, err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	go rec.Run(ctx, *every)
+	go rec.Run(ctx, *every, viewed)
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -168,8 +188,29 @@ func state(args []string) error {
 	return printJSON(args, plugin.StatePath)
 }
 
+// reconcileNow prints the report and fails when something could not be
+// reconciled (a broken network, a failed step), saying what.
 func reconcileNow(args []string) error {
-	return printJSON(args, plugin.ReconcilePath)
+	body, err := ask(args, plugin.ReconcilePath)
+	if err != nil {
+		return err
+	}
+	if err := printBody(body); err != nil {
+		return err
+	}
+	var rep reconcile.Report
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return fmt.Errorf("decode report: %w", err)
+	}
+	var why []string
+	for _, p := range rep.Kernel.Broken {
+		why = append(why, fmt.Sprintf("network %s: %s", p.Network[:min(12, len(p.Network))], p.Err))
+	}
+	why = append(why, rep.Errors...)
+	if len(why) > 0 {
+		return fmt.Errorf("not everything could be reconciled:\n  %s", strings.Join(why, "\n  "))
+	}
+	return nil
 }
 
 // printJSON asks the plugin for one of its own paths and prints the answer.
@@ -178,9 +219,13 @@ func printJSON(args []string, path string) error {
 	if err != nil {
 		return err
 	}
+	return printBody(body)
+}
+
+func printBody(body []byte) error {
 	var v any
 	if err := json.Unmarshal(body, &v); err != nil {
-		return fmt.Errorf("decode state: %w", err)
+		return fmt.Errorf("decode answer: %w", err)
 	}
 	out, _ := json.MarshalIndent(v, "", "  ")
 	fmt.Println(string(out))

@@ -102,7 +102,7 @@ func TestConcurrentRequests(t *testing.T) {
 		if s, _ := d.State(); len(s.Networks)+len(s.Endpoints) != 0 {
 			t.Fatalf("records left: %+v", s)
 		}
-		if rep, err := d.Repair(); err != nil || rep.changed() {
+		if rep, err := d.Repair(&Claims{}); err != nil || rep.changed() {
 			t.Fatalf("repair after teardown found work: %+v, %v", rep, err)
 		}
 	})

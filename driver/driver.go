@@ -36,25 +36,26 @@ type Driver struct {
 	// itself keeps two endpoints from binding one port.
 	portsMu  sync.Mutex
 	reserved map[string]reservation
+	// broken maps the networks the last Repair could not bring in line to
+	// why (written under mu's write lock).
+	broken map[string]string
 }
 
 var _ api.Driver = (*Driver)(nil)
 
-// New returns a driver whose state lives in s, after bringing the kernel
-// in line with the records (a reboot, a crash or a firewall reload may have
-// removed or left things): see Repair.
+// New returns a driver whose state lives in s, with vxbridge's chains in
+// place. The caller brings the kernel in line with the records (a reboot,
+// a crash or a firewall reload may have removed or left things) with
+// Repair before serving.
 func New(s store.Store, log *slog.Logger) (*Driver, error) {
 	fw, err := newFirewall()
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{store: s, fw: fw, log: log, nets: map[string]*sync.RWMutex{}, reserved: map[string]reservation{}}
-	rep, err := d.Repair()
-	if err != nil {
+	if err := fw.setup(); err != nil {
 		return nil, err
 	}
-	log.Info("driver ready", "networks", rep.Networks, "published ports", rep.PublishedPorts)
-	return d, nil
+	return &Driver{store: s, fw: fw, log: log, nets: map[string]*sync.RWMutex{}, reserved: map[string]reservation{}}, nil
 }
 
 // lockNetwork takes the locks a request on network id needs: exclusive
@@ -94,6 +95,9 @@ func (d *Driver) GetCapabilities() (*api.CapabilitiesResponse, error) {
 // CreateNetwork records the network, then builds its bridge and rules. On
 // any failure nothing of it is left behind.
 func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
+	if err := checkIDs(req.NetworkID); err != nil {
+		return err
+	}
 	opts, err := parseNetOptions(req.NetworkID, req.Options)
 	if err != nil {
 		return err
@@ -180,6 +184,9 @@ func gateway(data []*api.IPAMData, v6 bool) (netip.Prefix, error) {
 // DeleteNetwork removes the bridge, its rules, any endpoint dockerd never
 // deleted, and the record.
 func (d *Driver) DeleteNetwork(req *api.DeleteNetworkRequest) error {
+	if err := checkIDs(req.NetworkID); err != nil {
+		return err
+	}
 	defer d.lockNetwork(req.NetworkID, true)()
 	n, err := load[Network](d.store, networkKey(req.NetworkID))
 	if errors.Is(err, errNoRecord) {
@@ -219,19 +226,28 @@ func (d *Driver) teardownNetwork(n *Network) error {
 // CreateEndpoint makes the veth pair. dockerd has the addresses from IPAM;
 // the driver picks the MAC when dockerd leaves it empty.
 func (d *Driver) CreateEndpoint(req *api.CreateEndpointRequest) (*api.CreateEndpointResponse, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
 	if req.Interface == nil {
 		return nil, errors.New("malformed request: no Interface")
 	}
 	defer d.lockNetwork(req.NetworkID, false)()
-	n, err := load[Network](d.store, networkKey(req.NetworkID))
+	n, err := d.usableNetwork(req.NetworkID)
 	if err != nil {
-		return nil, fmt.Errorf("network %s: %w", short(req.NetworkID, 12), err)
+		return nil, err
 	}
 	ep := &Endpoint{ID: req.EndpointID, NetworkID: n.ID, HostIf: vethName(req.EndpointID), PeerIf: peerName(req.EndpointID), MAC: req.Interface.MacAddress}
 	if ep.Addr4, err = parseAddr(req.Interface.Address); err != nil {
 		return nil, err
 	}
 	if ep.Addr6, err = parseAddr(req.Interface.AddressIPv6); err != nil {
+		return nil, err
+	}
+	if err := inSubnet(ep.Addr4, n.Gateway4); err != nil {
+		return nil, err
+	}
+	if err := inSubnet(ep.Addr6, n.Gateway6); err != nil {
 		return nil, err
 	}
 	res := &api.CreateEndpointResponse{}
@@ -258,6 +274,32 @@ func (d *Driver) CreateEndpoint(req *api.CreateEndpointRequest) (*api.CreateEndp
 	}
 	d.log.Debug("endpoint created", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "veth", ep.HostIf, "addr", ep.Addr4, "addr6", ep.Addr6, "mac", ep.MAC)
 	return res, nil
+}
+
+// usableNetwork loads a network's record, refusing one the last Repair
+// could not bring in line: an endpoint on it would be wired to a bridge
+// that is not there, or not ours.
+func (d *Driver) usableNetwork(id string) (*Network, error) {
+	n, err := load[Network](d.store, networkKey(id))
+	if err != nil {
+		return nil, fmt.Errorf("network %s: %w", short(id, 12), err)
+	}
+	if why := d.broken[id]; why != "" {
+		return nil, fmt.Errorf("network %s is broken (%s); vxbridge retries it every pass, `vxbridge reconcile` reports it", short(id, 12), why)
+	}
+	return n, nil
+}
+
+// inSubnet checks an endpoint address against its network's subnet (the
+// gateway's prefix): dockerd never sends another, but the socket is an API.
+func inSubnet(addr, gw netip.Prefix) error {
+	if !addr.IsValid() {
+		return nil
+	}
+	if !gw.IsValid() || addr.Bits() != gw.Bits() || !gw.Masked().Contains(addr.Addr()) {
+		return fmt.Errorf("endpoint address %s is not in the network's subnet %s", addr, gw.Masked())
+	}
+	return nil
 }
 
 func parseAddr(s string) (netip.Prefix, error) {
@@ -288,6 +330,9 @@ func macFor(p netip.Prefix) string {
 
 // DeleteEndpoint removes the veth pair and the record.
 func (d *Driver) DeleteEndpoint(req *api.DeleteEndpointRequest) error {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return err
+	}
 	defer d.lockNetwork(req.NetworkID, false)()
 	ep, err := load[Endpoint](d.store, endpointKey(req.NetworkID, req.EndpointID))
 	if errors.Is(err, errNoRecord) {
@@ -317,6 +362,9 @@ func (d *Driver) teardownEndpoint(ep *Endpoint) error {
 // EndpointInfo reports the kernel names, for `docker network inspect`-style
 // debugging.
 func (d *Driver) EndpointInfo(req *api.InfoRequest) (*api.InfoResponse, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
 	ep, err := load[Endpoint](d.store, endpointKey(req.NetworkID, req.EndpointID))
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", short(req.EndpointID, 12), err)
@@ -332,6 +380,9 @@ func (d *Driver) EndpointInfo(req *api.InfoRequest) (*api.InfoResponse, error) {
 // ethN, and names the gateway. An internal network has none, so the
 // container gets no default route through it.
 func (d *Driver) Join(req *api.JoinRequest) (*api.JoinResponse, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
 	defer d.lockNetwork(req.NetworkID, false)()
 	n, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
 	if err != nil {

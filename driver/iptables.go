@@ -2,7 +2,9 @@ package driver
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -242,10 +244,11 @@ type ruleSet struct {
 	ipv6  bool
 }
 
-// intact reports whether vxbridge's chains hold exactly as many tagged
-// rules as want, per family and chain: a flush or a lost rule shows as a
-// shortfall, for one listing per chain instead of a check per rule.
-func (f *firewall) intact(want []ruleSet) (bool, error) {
+// intact reports whether vxbridge's chains hold exactly as many rules of
+// the tags in tags as want, per family and chain: a flush or a lost rule
+// shows as a shortfall, for one listing per chain instead of a check per
+// rule.
+func (f *firewall) intact(want []ruleSet, tags map[string]bool) (bool, error) {
 	type key struct {
 		t     *iptables.IPTables
 		chain string
@@ -266,7 +269,7 @@ func (f *firewall) intact(want []ruleSet) (bool, error) {
 			}
 			n := 0
 			for _, r := range rules {
-				if _, ok := ruleTag(r); ok {
+				if tag, ok := ruleTag(r); ok && tags[tag] {
 					n++
 				}
 			}
@@ -339,4 +342,59 @@ func ruleTag(line string) (string, bool) {
 	}
 	tag, _, ok := strings.Cut(rest, `"`)
 	return tag, ok
+}
+
+// publishedPorts reads back the bindings of one endpoint's tagged DNAT
+// rules, as portRules wrote them.
+func (f *firewall) publishedPorts(tag string) ([]PortBinding, error) {
+	rules, err := f.v4.List("nat", chainDNAT)
+	if err != nil {
+		return nil, fmt.Errorf("list chain %s: %w", chainDNAT, err)
+	}
+	var out []PortBinding
+	for _, r := range rules {
+		if t, ok := ruleTag(r); !ok || t != tag {
+			continue
+		}
+		b, err := parseDNATRule(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// parseDNATRule reads one `iptables -S` line of portRules' DNAT rule:
+// "-A VXBRIDGE-DNAT [-d HOST/32] -p PROTO -m PROTO --dport HP … -j DNAT --to-destination CIP:CP".
+func parseDNATRule(line string) (PortBinding, error) {
+	var b PortBinding
+	f := strings.Fields(line)
+	for i := 0; i+1 < len(f); i++ {
+		var err error
+		switch f[i] {
+		case "-d":
+			var p netip.Prefix
+			if p, err = netip.ParsePrefix(f[i+1]); err == nil {
+				b.HostIP = p.Addr()
+			}
+		case "-p":
+			b.Proto = f[i+1]
+		case "--dport":
+			var p uint64
+			p, err = strconv.ParseUint(f[i+1], 10, 16)
+			b.HostPort = uint16(p)
+		case "--to-destination":
+			var ap netip.AddrPort
+			ap, err = netip.ParseAddrPort(f[i+1])
+			b.ContainerPort = ap.Port()
+		}
+		if err != nil {
+			return b, fmt.Errorf("read published port from rule %q: %w", line, err)
+		}
+	}
+	if b.Proto == "" || b.HostPort == 0 || b.ContainerPort == 0 {
+		return b, fmt.Errorf("read published port from rule %q: incomplete", line)
+	}
+	return b, nil
 }

@@ -152,6 +152,41 @@ func boolOption(opts map[string]interface{}, key string) (bool, error) {
 	}
 }
 
+// checkIDs refuses network and endpoint IDs that are not Docker's 64
+// lowercase hex characters: kernel names, rule tags and record keys derive
+// from them, and dockerd never sends another, but the socket is an API.
+func checkIDs(networkID string, endpointID ...string) error {
+	if !isDockerID(networkID) {
+		return fmt.Errorf("malformed network ID %q: want 64 hex characters", networkID)
+	}
+	for _, id := range endpointID {
+		if !isDockerID(id) {
+			return fmt.Errorf("malformed endpoint ID %q: want 64 hex characters", id)
+		}
+	}
+	return nil
+}
+
+func isDockerID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	for _, c := range id {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// BridgeName is the bridge of a network with these -o options.
+func BridgeName(networkID string, options map[string]string) string {
+	if b := options[optBridgeName]; b != "" {
+		return b
+	}
+	return bridgeName(networkID)
+}
+
 // Kernel names derive from Docker's IDs: 64 hex characters, cut to fit
 // IFNAMSIZ (15 usable characters).
 func bridgeName(networkID string) string { return bridgePrefix + short(networkID, 11) }

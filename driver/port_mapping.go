@@ -14,6 +14,9 @@ import (
 // ProgramExternalConnectivity publishes the endpoint's ports (-p, -P).
 // Either every binding is programmed and recorded, or none is.
 func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivityRequest) error {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return err
+	}
 	defer d.lockNetwork(req.NetworkID, false)()
 	n, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
 	if err != nil {
@@ -63,6 +66,9 @@ func (d *Driver) ProgramExternalConnectivity(req *api.ProgramExternalConnectivit
 
 // RevokeExternalConnectivity withdraws the endpoint's published ports.
 func (d *Driver) RevokeExternalConnectivity(req *api.RevokeExternalConnectivityRequest) error {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return err
+	}
 	defer d.lockNetwork(req.NetworkID, false)()
 	_, ep, err := d.loadEndpoint(req.NetworkID, req.EndpointID)
 	if errors.Is(err, errNoRecord) {

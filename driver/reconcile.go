@@ -17,19 +17,40 @@ type Repairs struct {
 	OrphanLinks     int // vxbridge bridges and veths that no record owns: deleted
 	OrphanRules     int // tagged rules that no record owns: deleted
 	RulesRestored   bool
+	// Broken lists the networks that could not be repaired, with why;
+	// they are left as they are and tried again on the next pass.
+	Broken []Problem `json:",omitempty"`
+}
+
+// Problem is one network Repair could not bring in line.
+type Problem struct {
+	Network string
+	Err     string
 }
 
 func (r Repairs) changed() bool {
 	return r.RulesRestored || r.StaleEndpoints+r.ReattachedVeths+r.OrphanLinks+r.OrphanRules > 0
 }
 
+// Claims is what dockerd holds of the plugin's: network IDs, bridge names
+// and endpoint IDs (mapped to their network's). Repair never prunes what
+// dockerd claims, record or not.
+type Claims struct {
+	Networks, Bridges map[string]bool
+	Endpoints         map[string]string
+}
+
 // Repair makes the kernel match the records, both ways: it re-creates
 // what a record says should exist (chains, bridges, rules, published
-// ports, veths on their bridge) and deletes what vxbridge made but no
-// record owns any more. It runs at start, before any request is served,
-// and on demand; it holds the driver's write lock, so no request is half
-// way while it looks.
-func (d *Driver) Repair() (Repairs, error) {
+// ports, veths on their bridge) and, given dockerd's claims, deletes what
+// vxbridge made that neither a record nor dockerd owns. Without claims
+// (dockerd could not be asked) it deletes nothing: with a lost state file
+// every object would look orphaned. A network that cannot be
+// repaired is reported in Broken and left alone (its bridge, veths and
+// rules are kept), so it never stops the repair of the others.
+// Repair holds the driver's write lock, so no request is half way while
+// it looks.
+func (d *Driver) Repair(claims *Claims) (Repairs, error) {
 	var rep Repairs
 	// The chains and fixed rules belong to no record: checking them (two
 	// dozen iptables runs) needs no lock, so requests do not wait on it.
@@ -42,60 +63,92 @@ func (d *Driver) Repair() (Repairs, error) {
 	if err != nil {
 		return rep, fmt.Errorf("load networks: %w", err)
 	}
-	bridges := map[string]*Network{}
-	tags := map[string]bool{}
-	var want []ruleSet
-	for _, n := range nets {
-		if err := ensureBridge(n); err != nil {
-			return rep, fmt.Errorf("repair network %s: %w", short(n.ID, 12), err)
-		}
-		want = append(want, ruleSet{networkRules(n), n.Options.IPv6})
-		rep.Networks++
-		bridges[n.Options.Bridge] = n
-		tags[short(n.ID, 12)] = true
-	}
 	eps, err := loadAll[Endpoint](d.store, endpointKeys)
 	if err != nil {
 		return rep, fmt.Errorf("load endpoints: %w", err)
 	}
-	veths := map[string]bool{}
+	broken := map[string]string{}
+	fail := func(n *Network, err error) {
+		if _, seen := broken[n.ID]; !seen {
+			broken[n.ID] = err.Error()
+			rep.Broken = append(rep.Broken, Problem{Network: n.ID, Err: err.Error()})
+		}
+	}
+	byID := map[string]*Network{}
+	owned := owned{bridges: map[string]bool{}, veths: map[string]bool{}, tags: map[string]bool{}}
+	var want []ruleSet
+	wantTags := map[string]bool{}
+	for _, n := range nets {
+		byID[n.ID] = n
+		// A broken network keeps what it has: its names stay owned.
+		owned.bridges[n.Options.Bridge] = true
+		owned.tags[short(n.ID, 12)] = true
+		if err := ensureBridge(n); err != nil {
+			fail(n, err)
+			continue
+		}
+		want = append(want, ruleSet{networkRules(n), n.Options.IPv6})
+		wantTags[short(n.ID, 12)] = true
+		rep.Networks++
+	}
 	for _, ep := range eps {
-		n, err := load[Network](d.store, networkKey(ep.NetworkID))
-		if err != nil {
-			n = nil // an endpoint outliving its network record: stale
+		n := byID[ep.NetworkID]
+		if n != nil {
+			owned.veths[ep.HostIf] = true
+			if len(ep.Ports) > 0 {
+				owned.tags[short(n.ID, 12)+":"+short(ep.ID, 12)] = true
+			}
+			if broken[n.ID] != "" {
+				continue
+			}
 		}
 		link, lerr := netlink.LinkByName(ep.HostIf)
 		if n == nil || lerr != nil {
 			// A veth dies with its container's namespace: the container
-			// went while dockerd could not tell us.
+			// went while dockerd could not tell us. An endpoint outliving
+			// its network's record is stale too.
 			if err := d.teardownEndpoint(ep); err != nil {
 				return rep, err
 			}
+			delete(owned.veths, ep.HostIf)
 			rep.StaleEndpoints++
 			continue
 		}
-		veths[ep.HostIf] = true
 		if reattached, err := attachVeth(link, n.Options.Bridge); err != nil {
-			return rep, err
+			fail(n, err)
+			continue
 		} else if reattached {
 			rep.ReattachedVeths++
 		}
 		if len(ep.Ports) > 0 {
 			d.holdPorts(ep)
 			want = append(want, ruleSet{endpointPortRules(n, ep), false})
+			wantTags[short(n.ID, 12)+":"+short(ep.ID, 12)] = true
 			rep.PublishedPorts += len(ep.Ports)
-			tags[short(n.ID, 12)+":"+short(ep.ID, 12)] = true
 		}
 	}
-	if rep.OrphanLinks, err = deleteOrphanLinks(bridges, veths); err != nil {
-		return rep, err
-	}
-	if rep.OrphanRules, err = d.fw.removeOrphans(tags); err != nil {
-		return rep, err
+	if claims != nil {
+		for id := range claims.Networks {
+			owned.tags[short(id, 12)] = true
+		}
+		for id := range claims.Bridges {
+			owned.bridges[id] = true
+		}
+		for id, nid := range claims.Endpoints {
+			owned.veths[vethName(id)] = true
+			owned.tags[short(nid, 12)+":"+short(id, 12)] = true
+		}
+		if rep.OrphanLinks, err = deleteOrphanLinks(owned); err != nil {
+			return rep, err
+		}
+		if rep.OrphanRules, err = d.fw.removeOrphans(owned.tags); err != nil {
+			return rep, err
+		}
 	}
 	// Re-asserting every rule costs an iptables run each; counting the
-	// chains' tagged rules first makes the periodic pass cheap.
-	if intact, err := d.fw.intact(want); err != nil {
+	// chains' rules of the wanted tags first makes the periodic pass cheap
+	// (rules of broken networks, or orphans kept unpruned, do not count).
+	if intact, err := d.fw.intact(want, wantTags); err != nil {
 		return rep, err
 	} else if !intact {
 		for _, rs := range want {
@@ -105,14 +158,24 @@ func (d *Driver) Repair() (Repairs, error) {
 		}
 		rep.RulesRestored = true
 	}
+	d.broken = broken
 	level := d.log.Debug
 	if rep.changed() {
 		level = d.log.Warn
 	}
 	level("repaired kernel state", "networks", rep.Networks, "published ports", rep.PublishedPorts,
 		"stale endpoints", rep.StaleEndpoints, "reattached veths", rep.ReattachedVeths,
-		"orphan links", rep.OrphanLinks, "orphan rules", rep.OrphanRules, "rules restored", rep.RulesRestored)
+		"orphan links", rep.OrphanLinks, "orphan rules", rep.OrphanRules, "rules restored", rep.RulesRestored, "pruned", claims != nil)
+	for _, p := range rep.Broken {
+		d.log.Warn("network cannot be repaired; left as it is and retried on the next pass", "network", short(p.Network, 12), "err", p.Err)
+	}
 	return rep, nil
+}
+
+// owned is what the records own in the kernel: bridge and veth names, and
+// rule tags.
+type owned struct {
+	bridges, veths, tags map[string]bool
 }
 
 // holdPorts holds an endpoint's recorded host ports again, unless this
@@ -162,7 +225,7 @@ func attachVeth(link netlink.Link, bridge string) (bool, error) {
 // deleteOrphanLinks removes bridges and veths that carry vxbridge's
 // prefixes but belong to no record. A bridge named by the user
 // (com.docker.network.bridge.name) is only ever touched through its record.
-func deleteOrphanLinks(bridges map[string]*Network, veths map[string]bool) (int, error) {
+func deleteOrphanLinks(o owned) (int, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return 0, fmt.Errorf("list links: %w", err)
@@ -173,9 +236,9 @@ func deleteOrphanLinks(bridges map[string]*Network, veths map[string]bool) (int,
 		var orphan bool
 		switch l.(type) {
 		case *netlink.Bridge:
-			orphan = strings.HasPrefix(name, bridgePrefix) && bridges[name] == nil
+			orphan = strings.HasPrefix(name, bridgePrefix) && !o.bridges[name]
 		case *netlink.Veth:
-			orphan = strings.HasPrefix(name, vethPrefix) && !veths[name]
+			orphan = strings.HasPrefix(name, vethPrefix) && !o.veths[name]
 		}
 		if !orphan {
 			continue

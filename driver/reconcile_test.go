@@ -1,7 +1,9 @@
 package driver
 
 import (
+	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -48,12 +50,12 @@ func TestRepairRebuildsAndCleans(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		rep, err := d.Repair()
+		rep, err := d.Repair(&Claims{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := Repairs{Networks: 1, StaleEndpoints: 1, ReattachedVeths: 1, OrphanLinks: 2, OrphanRules: 1 + len(stray), RulesRestored: true}
-		if rep != want {
+		if !reflect.DeepEqual(rep, want) {
 			t.Fatalf("repairs %+v, want %+v", rep, want)
 		}
 		br, err := netlink.LinkByName(bridge)
@@ -76,7 +78,7 @@ func TestRepairRebuildsAndCleans(t *testing.T) {
 			t.Fatalf("endpoints after repair: %+v", s.Endpoints)
 		}
 		// A second run finds nothing to do.
-		if rep, err := d.Repair(); err != nil || rep.changed() {
+		if rep, err := d.Repair(&Claims{}); err != nil || rep.changed() {
 			t.Fatalf("second repair: %+v, %v", rep, err)
 		}
 	})
@@ -145,7 +147,7 @@ func TestRepairDropsEndpointOfMissingNetwork(t *testing.T) {
 		if err := d.fw.ensure(endpointPortRules(n, ep), false); err != nil {
 			t.Fatal(err)
 		}
-		rep, err := d.Repair()
+		rep, err := d.Repair(&Claims{})
 		if err != nil {
 			t.Fatalf("repair: %v", err)
 		}
@@ -154,6 +156,154 @@ func TestRepairDropsEndpointOfMissingNetwork(t *testing.T) {
 		}
 		if s, _ := d.State(); len(s.Endpoints) != 0 {
 			t.Fatalf("endpoint still recorded: %+v", s.Endpoints)
+		}
+	})
+}
+
+// A network that cannot be repaired (its bridge name taken by another
+// interface while the plugin was down) is reported, left as it is, and
+// keeps nothing else from being repaired; it is retried and recovers once
+// the name is free.
+func TestRepairConfinesABrokenNetwork(t *testing.T) {
+	inNewNetns(t, func() {
+		d := newTestDriver(t)
+		bad, good := strings.Repeat("a", 64), strings.Repeat("b", 64)
+		for i, id := range []string{bad, good} {
+			req := &api.CreateNetworkRequest{NetworkID: id, IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 50+i)}}}
+			if id == bad {
+				req.Options = map[string]interface{}{keyGeneric: map[string]interface{}{optBridgeName: "htbr1"}}
+			}
+			if err := d.CreateNetwork(req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Another program takes the bad network's bridge name; the good
+		// network's rules are flushed.
+		mustDel(t, "htbr1")
+		la := netlink.NewLinkAttrs()
+		la.Name = "htbr1"
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "htbr1-peer"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.fw.v4.ClearChain("filter", chainForward); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := d.Repair(&Claims{})
+		if err != nil {
+			t.Fatalf("repair stopped at the broken network: %v", err)
+		}
+		if len(rep.Broken) != 1 || rep.Broken[0].Network != bad || !strings.Contains(rep.Broken[0].Err, "htbr1") {
+			t.Fatalf("broken = %+v, want the network of htbr1", rep.Broken)
+		}
+		if !rep.RulesRestored || rep.Networks != 1 {
+			t.Fatalf("repairs %+v: the good network was not repaired", rep)
+		}
+		if !linkExists("htbr1") {
+			t.Fatal("the other program's interface was deleted")
+		}
+		if s, _ := d.State(); len(s.Broken) != 1 || len(s.Networks) != 2 {
+			t.Fatalf("state %+v: want both networks recorded and one broken", s)
+		}
+		_, err = d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: bad, EndpointID: strings.Repeat("c", 64), Interface: &api.EndpointInterface{Address: "10.50.0.2/24"}})
+		if err == nil || !strings.Contains(err.Error(), "broken") {
+			t.Fatalf("endpoint on the broken network: %v, want an error saying it is broken", err)
+		}
+		// Freed: the next pass repairs it.
+		mustDel(t, "htbr1")
+		if rep, err := d.Repair(&Claims{}); err != nil || len(rep.Broken) != 0 || rep.Networks != 2 {
+			t.Fatalf("repair after the name was freed: %+v, %v", rep, err)
+		}
+		if _, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: bad, EndpointID: strings.Repeat("c", 64), Interface: &api.EndpointInterface{Address: "10.50.0.2/24"}}); err != nil {
+			t.Fatalf("endpoint once repaired: %v", err)
+		}
+	})
+}
+
+// With its records lost, the driver deletes nothing while it may not
+// prune, and adopting what dockerd still has (network, endpoint with its
+// published ports) makes a pruning repair keep all of it.
+func TestLostRecordsAreAdoptedNotDeleted(t *testing.T) {
+	inNewNetns(t, func() {
+		d := newTestDriver(t)
+		nid, eid := strings.Repeat("d", 64), strings.Repeat("e", 64)
+		if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, Options: map[string]interface{}{keyGeneric: map[string]interface{}{optMTU: "1400"}},
+			IPv4Data: []*api.IPAMData{{Gateway: "10.60.0.1/24"}}}); err != nil {
+			t.Fatal(err)
+		}
+		res, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Interface: &api.EndpointInterface{Address: "10.60.0.2/24"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mac := res.Interface.MacAddress
+		lo, _ := netlink.LinkByName("lo")
+		if err := netlink.LinkSetUp(lo); err != nil {
+			t.Fatal(err)
+		}
+		portmap := []interface{}{map[string]interface{}{"Proto": 6, "Port": 80, "HostIP": "127.0.0.1", "HostPort": 18444, "HostPortEnd": 18444}}
+		if err := d.ProgramExternalConnectivity(&api.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: map[string]interface{}{keyPortMap: portmap}}); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := d.State()
+		// The state file is lost: a fresh store under the same kernel.
+		d2 := newTestDriver(t)
+		if rep, err := d2.Repair(nil); err != nil || rep.OrphanLinks+rep.OrphanRules != 0 {
+			t.Fatalf("repair without pruning: %+v, %v", rep, err)
+		}
+		// Nor while dockerd claims them, before they are adopted.
+		claims := &Claims{Networks: map[string]bool{nid: true}, Endpoints: map[string]string{eid: nid}, Bridges: map[string]bool{bridgeName(nid): true}}
+		if rep, err := d2.Repair(claims); err != nil || rep.OrphanLinks+rep.OrphanRules != 0 {
+			t.Fatalf("repair with dockerd's claims: %+v, %v", rep, err)
+		}
+		if !linkExists(bridgeName(nid)) || !linkExists(vethName(eid)) {
+			t.Fatal("a repair that may not prune deleted the lost network's links")
+		}
+		if ok, err := d2.AdoptNetwork(NetworkInfo{ID: nid, Options: map[string]string{optMTU: "1400"}, Subnet4: netip.MustParsePrefix("10.60.0.0/24")}); !ok || err != nil {
+			t.Fatalf("adopt network: %v %v", ok, err)
+		}
+		if ok, err := d2.AdoptEndpoint(nid, eid, mac, netip.MustParsePrefix("10.60.0.2/24"), netip.Prefix{}); !ok || err != nil {
+			t.Fatalf("adopt endpoint: %v %v", ok, err)
+		}
+		// The gateway came from the bridge, the port from its rule.
+		after, _ := d2.State()
+		if !reflect.DeepEqual(after.Networks, before.Networks) || !reflect.DeepEqual(after.Endpoints, before.Endpoints) {
+			t.Fatalf("adopted records differ:\n got %+v %+v\nwant %+v %+v", after.Networks[0], after.Endpoints[0], before.Networks[0], before.Endpoints[0])
+		}
+		if rep, err := d2.Repair(&Claims{}); err != nil || rep.OrphanLinks+rep.OrphanRules+rep.StaleEndpoints != 0 {
+			t.Fatalf("pruning repair after adoption: %+v, %v", rep, err)
+		}
+		// Adopting again changes nothing.
+		if ok, err := d2.AdoptNetwork(NetworkInfo{ID: nid, Subnet4: netip.MustParsePrefix("10.60.0.0/24")}); ok || err != nil {
+			t.Fatalf("second adoption: %v %v", ok, err)
+		}
+	})
+}
+
+// Requests are validated at the socket: IDs are Docker's, addresses lie in
+// the network's subnet.
+func TestRequestValidation(t *testing.T) {
+	inNewNetns(t, func() {
+		d := newTestDriver(t)
+		nid := strings.Repeat("f", 64)
+		err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: "网络" + strings.Repeat("0", 58), IPv4Data: []*api.IPAMData{{Gateway: "10.70.0.1/24"}}})
+		if err == nil || !strings.Contains(err.Error(), "malformed network ID") {
+			t.Fatalf("unicode network ID: %v", err)
+		}
+		if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Gateway: "10.70.0.1/24"}}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct{ eid, addr, want string }{
+			{"short", "10.70.0.2/24", "malformed endpoint ID"},
+			{strings.Repeat("A", 64), "10.70.0.2/24", "malformed endpoint ID"},
+			{strings.Repeat("1", 64), "10.71.0.2/24", "not in the network's subnet"},
+			{strings.Repeat("1", 64), "10.70.0.2/16", "not in the network's subnet"},
+		} {
+			_, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: c.eid, Interface: &api.EndpointInterface{Address: c.addr}})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("endpoint %q %s: %v, want %q", c.eid, c.addr, err, c.want)
+			}
+		}
+		if s, _ := d.State(); len(s.Endpoints) != 0 {
+			t.Fatalf("a refused request left a record: %+v", s.Endpoints)
 		}
 	})
 }

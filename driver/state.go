@@ -107,6 +107,8 @@ func remove(s store.Store, key string) error {
 type State struct {
 	Networks  []*Network
 	Endpoints []*Endpoint
+	// Broken: the networks the last repair could not bring in line.
+	Broken []Problem `json:",omitempty"`
 }
 
 // State reads the driver's records.
@@ -116,8 +118,15 @@ func (d *Driver) State() (State, error) {
 		return State{}, err
 	}
 	eps, err := loadAll[Endpoint](d.store, endpointKeys)
+	d.mu.RLock()
+	var broken []Problem
+	for id, why := range d.broken {
+		broken = append(broken, Problem{Network: id, Err: why})
+	}
+	d.mu.RUnlock()
+	slices.SortFunc(broken, func(a, b Problem) int { return strings.Compare(a.Network, b.Network) })
 	// Stable order, so two snapshots compare equal when nothing changed.
 	slices.SortFunc(nets, func(a, b *Network) int { return strings.Compare(a.ID, b.ID) })
 	slices.SortFunc(eps, func(a, b *Endpoint) int { return strings.Compare(a.NetworkID+a.ID, b.NetworkID+b.ID) })
-	return State{Networks: nets, Endpoints: eps}, err
+	return State{Networks: nets, Endpoints: eps, Broken: broken}, err
 }

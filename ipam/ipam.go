@@ -450,3 +450,34 @@ func (a *Allocator) ReleaseAddress(req *api.ReleaseAddressRequest) error {
 	}
 	return nil
 }
+
+// AdoptPool records a pool dockerd has on one of the plugin's networks
+// but the store lost (a deleted or replaced state file), with the
+// addresses dockerd shows in use, and reports whether it did. An existing
+// pool is left as it is.
+func (a *Allocator) AdoptPool(p Pool) (bool, error) {
+	st, err := a.space(p.Space)
+	if err != nil {
+		return false, err
+	}
+	p.Prefix = p.Prefix.Masked()
+	if p.Gateway.IsValid() {
+		p.Allocated = append(p.Allocated, p.Gateway)
+	}
+	val, err := p.encode()
+	if err != nil {
+		return false, err
+	}
+	// decodePool drops addresses outside the pool and sorts the rest.
+	rec, err := decodePool(p.ID(), val)
+	if err != nil {
+		return false, fmt.Errorf("adopt pool %s: %w", p.ID(), err)
+	}
+	a.poolMu.Lock()
+	defer a.poolMu.Unlock()
+	err = a.createPool(st, rec)
+	if errors.Is(err, errPoolExists) {
+		return false, nil
+	}
+	return err == nil, err
+}

@@ -28,12 +28,18 @@ func NewDocker(socket string) *Docker {
 
 // Network is what reconciliation needs of `docker network inspect`.
 type Network struct {
-	ID   string `json:"Id"`
-	Name string
-	IPAM struct {
-		Driver string
-		Config []struct {
+	ID         string `json:"Id"`
+	Name       string
+	Driver     string
+	Options    map[string]string
+	Internal   bool
+	EnableIPv6 bool
+	IPAM       struct {
+		Driver  string
+		Options map[string]string
+		Config  []struct {
 			Subnet             string
+			IPRange            string
 			Gateway            string
 			AuxiliaryAddresses map[string]string
 		}
@@ -41,9 +47,33 @@ type Network struct {
 	Containers map[string]struct {
 		Name        string
 		EndpointID  string
+		MacAddress  string
 		IPv4Address string
 		IPv6Address string
 	}
+	// ours: the network's driver is this plugin.
+	ours bool
+}
+
+// Plugins returns the names (with tag, as networks show them) of the
+// enabled managed plugins that run vxbridge: dockerd knows the plugin by
+// the name its user gave it, the plugin only by its entrypoint.
+func (d *Docker) Plugins(ctx context.Context) ([]string, error) {
+	var list []struct {
+		Name    string
+		Enabled bool
+		Config  struct{ Entrypoint []string }
+	}
+	if err := d.get(ctx, "/plugins", &list); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, p := range list {
+		if p.Enabled && len(p.Config.Entrypoint) > 0 && p.Config.Entrypoint[0] == "/vxbridge" {
+			names = append(names, p.Name)
+		}
+	}
+	return names, nil
 }
 
 // Networks returns every network dockerd has, with its endpoints. Listing

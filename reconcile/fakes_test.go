@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -293,6 +294,8 @@ type fakeDriver struct {
 	deletedEps  []string // "network/endpoint"
 	repairs     int
 	failDeletes error
+	claims      *driver.Claims
+	adopted     []string
 }
 
 func (d *fakeDriver) addNetwork(id string) {
@@ -311,11 +314,39 @@ func (d *fakeDriver) addEndpoint(netID, id, addr string) {
 	d.eps = append(d.eps, ep)
 }
 
-func (d *fakeDriver) Repair() (driver.Repairs, error) {
+func (d *fakeDriver) Repair(claims *driver.Claims) (driver.Repairs, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.repairs++
+	d.claims = claims
 	return driver.Repairs{}, nil
+}
+
+func (d *fakeDriver) AdoptNetwork(info driver.NetworkInfo) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, n := range d.nets {
+		if n.ID == info.ID {
+			return false, nil
+		}
+	}
+	n := &driver.Network{ID: info.ID}
+	if info.Gateway4.IsValid() {
+		n.Gateway4 = netip.PrefixFrom(info.Gateway4, info.Subnet4.Bits())
+	} else if info.Subnet4.IsValid() {
+		n.Gateway4 = netip.PrefixFrom(info.Subnet4.Addr().Next(), info.Subnet4.Bits())
+	}
+	d.nets = append(d.nets, n)
+	d.adopted = append(d.adopted, info.ID)
+	return true, nil
+}
+
+func (d *fakeDriver) AdoptEndpoint(nid, eid, mac string, addr4, addr6 netip.Prefix) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.eps = append(d.eps, &driver.Endpoint{ID: eid, NetworkID: nid, MAC: mac, Addr4: addr4, Addr6: addr6})
+	d.adopted = append(d.adopted, nid+"/"+eid)
+	return true, nil
 }
 
 func (d *fakeDriver) State() (driver.State, error) {
@@ -487,7 +518,7 @@ type world struct {
 func newWorld(t *testing.T, d *fakeDockerd) *world {
 	t.Helper()
 	w := &world{dockerd: d, drv: &fakeDriver{}, alloc: newAllocator(t)}
-	w.rec = reconcile.New(w.drv, w.alloc, d.client(), testLogger(t))
+	w.rec = reconcile.New(w.drv, w.alloc, d.client(), "", testLogger(t))
 	return w
 }
 
@@ -510,7 +541,7 @@ func (w *world) pass(t *testing.T, grace time.Duration) reconcile.Report {
 
 func wantReport(t *testing.T, step string, got, want reconcile.Report) {
 	t.Helper()
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("%s: report = %+v, want %+v", step, got, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxbridge/vxbridge/driver"
 	"github.com/vxbridge/vxbridge/ipam"
 	"github.com/vxbridge/vxbridge/reconcile"
 )
@@ -479,7 +480,7 @@ func TestRunReleasesInBackground(t *testing.T) {
 	start := time.Now()
 	go func() {
 		defer close(done)
-		w.rec.Run(ctx, interval)
+		w.rec.Run(ctx, interval, true)
 	}()
 	for len(allocations(t, w.alloc)[o.pool]) != len(o.addrs()) {
 		if time.Since(start) > 10*time.Second {
@@ -522,4 +523,58 @@ func TestGatewayNotShownByDockerdIsKept(t *testing.T) {
 
 	wantReport(t, "pass 1", w.pass(t, 0), reconcile.Report{})
 	wantAllocations(t, "pass 1", w.alloc, map[string][]string{pool: {gw, addr}})
+}
+
+// A lost state file: dockerd still has the plugin's network with its
+// containers. Start adopts the network, its endpoints and its pool (with
+// the gateway and every address dockerd shows) at once, before serving,
+// and removes nothing; Repair is told what dockerd claims, so nothing of
+// it is pruned either.
+func TestStartAdoptsWhatDockerdStillHas(t *testing.T) {
+	d := startDockerd(t, &dnet{
+		ID: "net1", Name: "front",
+		Config: []dconfig{{Subnet: "10.1.0.0/24"}}, // --subnet without --gateway: dockerd shows none
+		Containers: map[string]dcontainer{
+			"c1": {Name: "web", EndpointID: "ep1", IPv4: "10.1.0.3/24"},
+			"c2": {Name: "db", EndpointID: "ep2", IPv4: "10.1.0.4/24"},
+		},
+	})
+	w := &world{dockerd: d, drv: &fakeDriver{}, alloc: newAllocator(t)}
+	w.rec = reconcile.New(w.drv, w.alloc, d.client(), "vxbridge", testLogger(t))
+	rep, viewed := w.rec.Start(context.Background())
+	if !viewed {
+		t.Fatalf("Start did not get dockerd's view: %+v", rep)
+	}
+	wantReport(t, "start", rep, reconcile.Report{AdoptedNetworks: 1, AdoptedEndpoints: 2, AdoptedPools: 1})
+	wantStrings(t, "driver networks", w.drv.networkIDs(), []string{"net1"})
+	pools := allocations(t, w.alloc)
+	wantStrings(t, "adopted pool", pools["vxlocal/10.1.0.0/24"], []string{"10.1.0.1", "10.1.0.3", "10.1.0.4"})
+	if c := w.drv.claims; c == nil || !c.Networks["net1"] || c.Endpoints["ep1"] != "net1" || !c.Bridges[driver.BridgeName("net1", nil)] {
+		t.Fatalf("Repair's claims = %+v, want net1 and its endpoints", c)
+	}
+	// The next address handed out is a free one, never a container's.
+	if got := requestAddress(t, w.alloc, "vxlocal/10.1.0.0/24", ""); got == "10.1.0.3" || got == "10.1.0.4" || got == "10.1.0.1" {
+		t.Fatalf("adopted pool handed out %s again", got)
+	}
+	// Adoption happens once.
+	wantReport(t, "pass after start", w.pass(t, 0), reconcile.Report{LeakedAddresses: 1})
+}
+
+// Start without dockerd prunes nothing (Repair gets no claims) and says
+// why; networks of other drivers are never adopted.
+func TestStartWithoutDockerdPrunesNothing(t *testing.T) {
+	d := newDockerd(t) // not listening
+	w := &world{dockerd: d, drv: &fakeDriver{}, alloc: newAllocator(t)}
+	w.rec = reconcile.New(w.drv, w.alloc, d.client(), "vxbridge", testLogger(t))
+	rep, viewed := w.rec.Start(context.Background())
+	if viewed || rep.Docker == "" {
+		t.Fatalf("Start without dockerd: viewed=%v report %+v", viewed, rep)
+	}
+	if w.drv.claims != nil || w.drv.repairCount() != 1 {
+		t.Fatalf("Repair ran %d times with claims %+v, want once with none", w.drv.repairCount(), w.drv.claims)
+	}
+	other := newWorld(t, startDockerd(t, &dnet{ID: "net9", Config: []dconfig{{Subnet: "10.9.0.0/24"}}}))
+	if rep, _ := other.rec.Start(context.Background()); rep.AdoptedNetworks+rep.AdoptedPools != 0 {
+		t.Fatalf("adopted a network of another driver: %+v", rep)
+	}
 }
