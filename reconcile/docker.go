@@ -56,20 +56,20 @@ type Network struct {
 }
 
 // Plugins returns the names (with tag, as networks show them) of the
-// enabled managed plugins that run vxbridge: dockerd knows the plugin by
-// the name its user gave it, the plugin only by its entrypoint.
+// managed plugins that run vxbridge: dockerd knows the plugin by the name
+// its user gave it, the plugin only by its entrypoint. Disabled ones count:
+// a plugin being enabled shows as disabled until it serves.
 func (d *Docker) Plugins(ctx context.Context) ([]string, error) {
 	var list []struct {
-		Name    string
-		Enabled bool
-		Config  struct{ Entrypoint []string }
+		Name   string
+		Config struct{ Entrypoint []string }
 	}
 	if err := d.get(ctx, "/plugins", &list); err != nil {
 		return nil, err
 	}
 	var names []string
 	for _, p := range list {
-		if p.Enabled && len(p.Config.Entrypoint) > 0 && p.Config.Entrypoint[0] == "/vxbridge" {
+		if len(p.Config.Entrypoint) > 0 && p.Config.Entrypoint[0] == "/vxbridge" {
 			names = append(names, p.Name)
 		}
 	}
