@@ -275,15 +275,25 @@ func TestRulesComeBackAfterFlushAndRestart(t *testing.T) {
 	mustPing(t, peer, worldIP)
 }
 
+// pluginPIDs finds the managed plugin's process: the one in this
+// network namespace (lab hosts on the same machine run their own).
+func pluginPIDs() string {
+	out, _ := run("pgrep", "--ns", fmt.Sprint(os.Getpid()), "--nslist", "net", "-f", "^/vxbridge serve")
+	return strings.TrimSpace(out)
+}
+
 // restartPlugin kills the managed plugin's process; dockerd starts it
 // again at once, and the test waits until it answers.
 func restartPlugin(t *testing.T) {
 	t.Helper()
-	pid := strings.TrimSpace(mustRun(t, "pgrep", "-f", "^/vxbridge serve"))
+	pid := pluginPIDs()
+	if pid == "" || strings.Contains(pid, "\n") {
+		t.Fatalf("want one plugin process in this namespace, found %q", pid)
+	}
 	mustRun(t, "kill", "-9", pid)
 	waitFor(t, "the plugin to come back", func() bool {
-		now, _ := run("pgrep", "-f", "^/vxbridge serve")
-		if strings.TrimSpace(now) == "" || strings.TrimSpace(now) == pid {
+		now := pluginPIDs()
+		if now == "" || now == pid {
 			return false
 		}
 		_, err := run(vxbridgeBin, "state")
