@@ -79,6 +79,9 @@ func (o *Overlay) Close() {
 // and waits for its result. If ctx ends first, the change is still
 // applied later, in its turn.
 func (o *Overlay) do(ctx context.Context, fn func() error) error {
+	if err := ctx.Err(); err != nil {
+		return err // never applied
+	}
 	res := make(chan error, 1)
 	select {
 	case o.ops <- func() { res <- fn() }:
