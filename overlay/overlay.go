@@ -38,8 +38,8 @@ type Overlay struct {
 	tab  table // used by the loop goroutine only
 }
 
-// New starts the goroutine that applies every change, in the caller's
-// network namespace (the host's). Close stops it.
+// New starts the goroutine that applies every change, in the process's
+// network namespace (the host's, for the plugin). Close stops it.
 func New(log *slog.Logger) *Overlay {
 	return newOverlay(&netlink.Handle{}, log) // a zero Handle opens a socket per call
 }
