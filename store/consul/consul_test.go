@@ -10,11 +10,12 @@ import (
 	"time"
 
 	"github.com/vxbridge/vxbridge/store"
+	"github.com/vxbridge/vxbridge/store/consul/consultest"
 	"github.com/vxbridge/vxbridge/store/storetest"
 )
 
 func TestConformance(t *testing.T) {
-	a := sharedAgent(t)
+	a := consultest.Shared(t)
 	storetest.Run(t, func(t *testing.T) store.Store {
 		return open(t, a, "conformance/"+t.Name())
 	})
@@ -22,7 +23,7 @@ func TestConformance(t *testing.T) {
 
 // Two prefixes on one Consul do not see each other's keys.
 func TestPrefixesAreSeparate(t *testing.T) {
-	a := sharedAgent(t)
+	a := consultest.Shared(t)
 	one, two := open(t, a, "cluster-one"), open(t, a, "cluster-two/")
 	if err := one.Update("k", func([]byte) ([]byte, error) { return []byte("1"), nil }); err != nil {
 		t.Fatal(err)
@@ -42,15 +43,15 @@ func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // The address comes from CONSUL_HTTP_ADDR, Consul's own variable.
 func TestAddressFromEnvironment(t *testing.T) {
-	a := sharedAgent(t)
-	t.Setenv("CONSUL_HTTP_ADDR", "http://"+a.addr)
+	a := consultest.Shared(t)
+	t.Setenv("CONSUL_HTTP_ADDR", "http://"+a.Addr)
 	s, err := Open(Options{Prefix: "env"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Address() != a.addr {
-		t.Fatalf("Address() = %q, want %q", s.Address(), a.addr)
+	if s.Address() != a.Addr {
+		t.Fatalf("Address() = %q, want %q", s.Address(), a.Addr)
 	}
 	if err := s.Update("k", func([]byte) ([]byte, error) { return []byte("v"), nil }); err != nil {
 		t.Fatal(err)
@@ -58,7 +59,7 @@ func TestAddressFromEnvironment(t *testing.T) {
 }
 
 func TestWatch(t *testing.T) {
-	s := open(t, sharedAgent(t), "watch")
+	s := open(t, consultest.Shared(t), "watch")
 	ctx := context.Background()
 	put := func(k, v string) {
 		t.Helper()
@@ -156,8 +157,8 @@ func TestWatch(t *testing.T) {
 // A write that lands between Update's read and its write makes Update read
 // again and rerun fn on the new value (the compare-and-swap at work).
 func TestUpdateConflictReruns(t *testing.T) {
-	s := open(t, sharedAgent(t), "rerun")
-	other := open(t, sharedAgent(t), "rerun")
+	s := open(t, consultest.Shared(t), "rerun")
+	other := open(t, consultest.Shared(t), "rerun")
 	runs := 0
 	err := s.Update("k", func(old []byte) ([]byte, error) {
 		runs++
@@ -179,8 +180,8 @@ func TestUpdateConflictReruns(t *testing.T) {
 }
 
 func TestUnavailable(t *testing.T) {
-	a := ownAgent(t)
-	s, err := Open(Options{Address: a.addr, Prefix: "down", Timeout: 2 * time.Second})
+	a := consultest.Start(t)
+	s, err := Open(Options{Address: a.Addr, Prefix: "down", Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +190,7 @@ func TestUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.stop()
+	a.Stop()
 
 	ctx := context.Background()
 	calls := map[string]func() error{
@@ -211,7 +212,7 @@ func TestUnavailable(t *testing.T) {
 			t.Errorf("%s with consul stopped: %v, want ErrUnavailable", name, err)
 			continue
 		}
-		if want := "consul at " + a.addr + " unreachable: "; !strings.Contains(err.Error(), want) {
+		if want := "consul at " + a.Addr + " unreachable: "; !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %q does not say %q", name, err, want)
 		}
 		if !strings.Contains(err.Error(), "connection refused") {
@@ -278,10 +279,10 @@ func TestUnavailableTimeout(t *testing.T) {
 // read); the right token works.
 func TestACLRefused(t *testing.T) {
 	const root = "9f5a3a53-4bd4-4a2d-a7e0-1f1a6e0a7a11"
-	a := ownAgent(t, `-hcl=acl { enabled = true, default_policy = "deny", tokens { initial_management = "`+root+`" } }`)
+	a := consultest.Start(t, `-hcl=acl { enabled = true, default_policy = "deny", tokens { initial_management = "`+root+`" } }`)
 	for _, token := range []string{"", "0b9f5c1e-1111-2222-3333-444455556666"} {
 		t.Setenv("CONSUL_HTTP_TOKEN", token)
-		s, err := Open(Options{Address: a.addr})
+		s, err := Open(Options{Address: a.Addr})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,7 +303,7 @@ func TestACLRefused(t *testing.T) {
 		s.Close()
 	}
 	t.Setenv("CONSUL_HTTP_TOKEN", root)
-	s, err := Open(Options{Address: a.addr})
+	s, err := Open(Options{Address: a.Addr})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vxbridge/vxbridge/store"
+	"github.com/vxbridge/vxbridge/store/consul/consultest"
 )
 
 func newSession(t *testing.T, s *Store, name string) store.Session {
@@ -62,8 +63,8 @@ func waitGone(t *testing.T, s *Store, key string, limit time.Duration) time.Dura
 }
 
 func TestSessionDestroy(t *testing.T) {
-	s := open(t, sharedAgent(t), "sess-destroy")
-	other := open(t, sharedAgent(t), "sess-destroy")
+	s := open(t, consultest.Shared(t), "sess-destroy")
+	other := open(t, consultest.Shared(t), "sess-destroy")
 	ctx := context.Background()
 	sess := newSession(t, s, "host-a")
 	if err := sess.Put(ctx, "hosts/a", []byte("10.0.0.1")); err != nil {
@@ -93,7 +94,7 @@ func TestSessionDestroy(t *testing.T) {
 }
 
 func TestSessionHeldByAnother(t *testing.T) {
-	s := open(t, sharedAgent(t), "sess-held")
+	s := open(t, consultest.Shared(t), "sess-held")
 	ctx := context.Background()
 	one, two := newSession(t, s, "one"), newSession(t, s, "two")
 	defer one.Destroy(ctx)
@@ -109,7 +110,7 @@ func TestSessionHeldByAnother(t *testing.T) {
 }
 
 func TestSessionTTLOutOfRange(t *testing.T) {
-	s := open(t, sharedAgent(t), "sess-ttl")
+	s := open(t, consultest.Shared(t), "sess-ttl")
 	for _, ttl := range []time.Duration{time.Second, 25 * time.Hour} {
 		if _, err := s.NewSession(context.Background(), "h", ttl); err == nil || !strings.Contains(err.Error(), "TTL") {
 			t.Fatalf("NewSession with TTL %s: %v, want an error naming the TTL", ttl, err)
@@ -121,7 +122,7 @@ func TestSessionTTLOutOfRange(t *testing.T) {
 // once the TTL runs out; its session cannot be resumed then.
 func TestSessionExpires(t *testing.T) {
 	t.Parallel()
-	s := open(t, sharedAgent(t), "sess-expire")
+	s := open(t, consultest.Shared(t), "sess-expire")
 	ctx := context.Background()
 	sess := newSession(t, s, "host-b")
 	if err := sess.Put(ctx, "hosts/b", []byte("b")); err != nil {
@@ -146,7 +147,7 @@ func TestSessionExpires(t *testing.T) {
 // a restarted process resumes it without its keys ever going away.
 func TestSessionRenewedAndResumed(t *testing.T) {
 	t.Parallel()
-	a := sharedAgent(t)
+	a := consultest.Shared(t)
 	ctx := context.Background()
 	first := open(t, a, "sess-renew")
 	sess := newSession(t, first, "host-c")
@@ -184,7 +185,7 @@ func TestSessionRenewedAndResumed(t *testing.T) {
 // it from Done and Err at its next renewal.
 func TestSessionEndedElsewhere(t *testing.T) {
 	t.Parallel()
-	a := sharedAgent(t)
+	a := consultest.Shared(t)
 	ctx := context.Background()
 	s := open(t, a, "sess-elsewhere")
 	sess := newSession(t, s, "host-d")

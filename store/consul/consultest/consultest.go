@@ -1,0 +1,208 @@
+// Package consultest runs a real Consul agent (`consul agent -dev`: one
+// in-memory server on free loopback ports) for tests of any package that
+// needs the cluster store. A test without a consul binary skips, saying how
+// to get one.
+package consultest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// HowToRun is the skip message when no consul binary is found.
+const HowToRun = "no consul binary: run `VXBRIDGE_CONSUL=$(bash scripts/consul.sh) go test ./...` " +
+	"(or put consul on PATH)"
+
+var errNoConsul = errors.New(HowToRun)
+
+// Binary finds the agent: $VXBRIDGE_CONSUL, else consul on PATH, else the
+// one scripts/consul.sh caches. "" when there is none.
+func Binary() string {
+	if p := os.Getenv("VXBRIDGE_CONSUL"); p != "" {
+		return p
+	}
+	if p, err := exec.LookPath("consul"); err == nil {
+		return p
+	}
+	cache := os.Getenv("VXBRIDGE_CACHE")
+	if cache == "" {
+		cache = "/var/cache/vxbridge"
+	}
+	if p := filepath.Join(cache, "consul-v1.14.11"); isExecutable(p) {
+		return p
+	}
+	return ""
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// Agent is a running `consul agent -dev`.
+type Agent struct {
+	// Addr is its HTTP API, host:port.
+	Addr string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+// Start starts an agent for one test, with extra arguments (-hcl=…), waits
+// for it to have a leader and stops it when the test ends. Tests that stop
+// it themselves (Stop) or need other settings use it; others use Shared.
+func Start(t testing.TB, extra ...string) *Agent {
+	t.Helper()
+	a, err := start(extra...)
+	if errors.Is(err, errNoConsul) {
+		t.Skip(HowToRun)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	return a
+}
+
+// One agent serves every test of a test binary that does not stop it;
+// Main stops it.
+var shared struct {
+	once sync.Once
+	a    *Agent
+	err  error
+}
+
+// Shared returns the agent shared by the tests of this test binary,
+// starting it on first use. Tests keep apart by giving their stores
+// different key prefixes. The package's TestMain must call Main.
+func Shared(t testing.TB) *Agent {
+	t.Helper()
+	shared.once.Do(func() { shared.a, shared.err = start() })
+	if errors.Is(shared.err, errNoConsul) {
+		t.Skip(HowToRun)
+	}
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.a
+}
+
+// Main runs the tests, then stops the shared agent: call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if shared.a != nil {
+		shared.a.Stop()
+	}
+	os.Exit(code)
+}
+
+func start(extra ...string) (*Agent, error) {
+	bin := Binary()
+	if bin == "" {
+		return nil, errNoConsul
+	}
+	ports := make([]int, 4)
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
+	}
+	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), out: &syncBuffer{}, done: make(chan struct{})}
+	args := []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
+		"-node=vxbridge-test-" + strconv.Itoa(ports[0]),
+		"-http-port=" + strconv.Itoa(ports[0]), "-serf-lan-port=" + strconv.Itoa(ports[1]),
+		"-serf-wan-port=" + strconv.Itoa(ports[2]), "-server-port=" + strconv.Itoa(ports[3]),
+		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1"}
+	a.cmd = exec.Command(bin, append(args, extra...)...)
+	a.cmd.Env = append(os.Environ(), "CHECKPOINT_DISABLE=1")
+	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
+	// The agent must not outlive a killed test binary.
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := a.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	go func() { a.cmd.Wait(); close(a.done) }()
+	if err := a.waitLeader(30 * time.Second); err != nil {
+		a.Stop()
+		return nil, fmt.Errorf("consul agent: %w\n%s", err, a.out.String())
+	}
+	return a, nil
+}
+
+func (a *Agent) waitLeader(limit time.Duration) error {
+	c := http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		select {
+		case <-a.done:
+			return fmt.Errorf("exited: %v", a.cmd.ProcessState)
+		default:
+		}
+		if resp, err := c.Get("http://" + a.Addr + "/v1/status/leader"); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && len(bytes.Trim(bytes.TrimSpace(body), `"`)) > 0 {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("no leader after %s", limit)
+}
+
+// Stop kills the agent (as a crash would) and waits for it. Calling it
+// again does nothing.
+func (a *Agent) Stop() {
+	a.cmd.Process.Kill()
+	<-a.done
+}
+
+// freePort returns a loopback port free for both TCP and UDP (serf uses
+// both).
+func freePort() (int, error) {
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("no free loopback port for TCP and UDP")
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
