@@ -50,6 +50,13 @@ type Config struct {
 	// overlap them; an explicit pool that does is refused unless
 	// OptHostOverlap is "allow". May be nil (= none).
 	HostPrefixes func() ([]netip.Prefix, error)
+	// Cluster is the store shared by every host, where pools bound to an
+	// overlay (BindOverlay) claim their address blocks; nil means this
+	// host has no overlays.
+	Cluster store.Store
+	// Host is this host's name, unique in the cluster: it marks the
+	// blocks this host holds. Required with Cluster.
+	Host string
 }
 
 // Allocator implements the IpamDriver protocol on top of store.Store.
@@ -59,10 +66,15 @@ type Allocator struct {
 	defaultV4    []DefaultPool
 	defaultV6    []DefaultPool
 	hostPrefixes func() ([]netip.Prefix, error)
+	cluster      store.Store
+	host         string
 
 	// poolMu makes "check overlaps, then persist" atomic within this
 	// process. Address allocation needs no lock: it is one store.Update.
 	poolMu sync.Mutex
+	// claimMu lets one request at a time claim or release blocks of
+	// overlay pools in the cluster store.
+	claimMu sync.Mutex
 }
 
 var _ api.Ipam = (*Allocator)(nil)
@@ -70,6 +82,10 @@ var _ api.Ipam = (*Allocator)(nil)
 // errNoChange aborts a store.Update without writing: used for idempotent
 // releases so that a repeated call does not rewrite (or create) anything.
 var errNoChange = errors.New("no change")
+
+// errBound aborts a local allocation from a pool bound to an overlay: its
+// addresses come from blocks (requestOverlayAddress).
+var errBound = errors.New("pool is bound to an overlay")
 
 // errPoolExists aborts the creation of a pool whose key is taken, which can
 // only happen when another host (shared store) created it concurrently.
@@ -87,6 +103,13 @@ func New(cfg Config) (*Allocator, error) {
 		defaultV4:    slices.Clone(cfg.DefaultV4),
 		defaultV6:    slices.Clone(cfg.DefaultV6),
 		hostPrefixes: cfg.HostPrefixes,
+		cluster:      cfg.Cluster,
+		host:         cfg.Host,
+	}
+	if cfg.Cluster != nil {
+		if err := checkName("host", cfg.Host); err != nil {
+			return nil, fmt.Errorf("a cluster store needs this host's name: %w", err)
+		}
 	}
 	for name, st := range cfg.Spaces {
 		// The name is the first element of PoolIDs and store keys.
@@ -330,11 +353,26 @@ func (a *Allocator) Pools() ([]Pool, error) {
 }
 
 // ReleasePool implements api.Ipam. An unknown pool is not an error: dockerd
-// may repeat the call after a failure.
+// may repeat the call after a failure. A pool bound to an overlay first
+// gives back the blocks this host holds in the cluster store; when that
+// store cannot be reached the local record stays, with the error, so the
+// blocks are not forgotten: reconciliation releases the pool again (dockerd
+// no longer holds it) until the store answers.
 func (a *Allocator) ReleasePool(req *api.ReleasePoolRequest) error {
 	st, key, err := a.lookup(req.PoolID)
 	if err != nil {
 		return err
+	}
+	old, err := st.Get(key)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("release pool %s: %w", req.PoolID, err)
+	}
+	// A record that cannot be decoded is deleted all the same, as before
+	// overlays: nothing could use it.
+	if p, _ := decodePool(key, old); p != nil && p.Overlay != "" {
+		if err := a.releaseOverlayBlocks(p); err != nil {
+			return fmt.Errorf("release pool %s: %w", req.PoolID, err)
+		}
 	}
 	err = st.Update(key, func(old []byte) ([]byte, error) {
 		if old == nil {
@@ -344,6 +382,56 @@ func (a *Allocator) ReleasePool(req *api.ReleasePoolRequest) error {
 	})
 	if err != nil && !errors.Is(err, errNoChange) {
 		return fmt.Errorf("release pool %s: %w", req.PoolID, err)
+	}
+	return nil
+}
+
+// releaseOverlayBlocks deletes the blocks this host holds for pool p in the
+// cluster store: every block of p's overlay inside p's prefix that the
+// store says is this host's, so one whose claim was answered too late to
+// be recorded goes too.
+func (a *Allocator) releaseOverlayBlocks(p *Pool) error {
+	if a.cluster == nil {
+		return fmt.Errorf("it is bound to overlay %s, whose blocks need the cluster store: set CONSUL_HTTP_ADDR", p.Overlay)
+	}
+	a.claimMu.Lock()
+	defer a.claimMu.Unlock()
+	if _, err := a.releaseBlocks(p.Overlay, a.host, p.Prefix); err != nil {
+		return fmt.Errorf("release its blocks of overlay %s: %w", p.Overlay, clusterStoreError(err))
+	}
+	return nil
+}
+
+// updatePool applies change to the pool record under key in one
+// store.Update. What change refuses comes back as it is (it names the
+// address and pool; the user sees it verbatim), errNoChange as success
+// without a write; store failures are wrapped with what.
+func updatePool(st store.Store, key, id, what string, change func(*Pool) error) error {
+	// Set on every run of fn; the store may run it more than once.
+	var refused error
+	err := st.Update(key, func(old []byte) ([]byte, error) {
+		refused = nil
+		if old == nil {
+			refused = fmt.Errorf("pool %s does not exist", id)
+			return nil, refused
+		}
+		p, err := decodePool(key, old)
+		if err != nil {
+			return nil, err
+		}
+		if err := change(p); err != nil {
+			refused = err
+			return nil, err
+		}
+		return p.encode()
+	})
+	switch {
+	case errors.Is(err, errNoChange):
+		return nil
+	case refused != nil && errors.Is(err, refused):
+		return refused
+	case err != nil:
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
@@ -376,20 +464,17 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 	}
 	gateway := req.Options[optRequestAddressType] == requestTypeGateway
 
-	// Both are set on every run of fn; the store may run it more than once.
 	var got netip.Prefix
-	var refused error
-	err = st.Update(key, func(old []byte) ([]byte, error) {
-		refused = nil
-		if old == nil {
-			refused = fmt.Errorf("pool %s does not exist", req.PoolID)
-			return nil, refused
-		}
-		p, err := decodePool(key, old)
-		if err != nil {
-			return nil, err
+	var overlay string
+	err = updatePool(st, key, req.PoolID, "request address from pool "+req.PoolID, func(p *Pool) error {
+		if p.Overlay != "" && !gateway {
+			// Its addresses come from blocks; the gateway stays local,
+			// as every host's bridge carries the same one.
+			overlay = p.Overlay
+			return errBound
 		}
 		var addr netip.Addr
+		var err error
 		switch {
 		case want.IsValid():
 			addr, err = want, p.claim(want)
@@ -399,21 +484,22 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 			addr, err = p.claimNext()
 		}
 		if err != nil {
-			refused = err
-			return nil, err
+			return err
 		}
 		if gateway {
 			p.Gateway = addr
 		}
 		got = netip.PrefixFrom(addr, p.Prefix.Bits())
-		return p.encode()
+		return nil
 	})
-	if refused != nil && errors.Is(err, refused) {
-		// Already names the address and pool; the user sees it verbatim.
-		return nil, refused
+	if errors.Is(err, errBound) {
+		if a.cluster == nil {
+			return nil, fmt.Errorf("pool %s is bound to overlay %s: overlay networks need a cluster store: set CONSUL_HTTP_ADDR", req.PoolID, overlay)
+		}
+		got, err = a.requestOverlayAddress(st, key, req.PoolID, want)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("request address from pool %s: %w", req.PoolID, err)
+		return nil, err
 	}
 	return &api.RequestAddressResponse{Address: got.String()}, nil
 }

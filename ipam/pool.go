@@ -28,6 +28,14 @@ type Pool struct {
 	// --gateway), so reconciliation needs it from here.
 	Gateway netip.Addr        `json:"gateway"`
 	Options map[string]string `json:"options,omitempty"`
+	// Overlay names the overlay network this pool is this host's instance
+	// of (BindOverlay); "" for a pool of this host alone. Addresses of a
+	// bound pool are unique across the cluster: automatic and --ip
+	// addresses come only from Blocks.
+	Overlay string `json:"overlay,omitempty"`
+	// Blocks are the blocks of a bound pool that this host holds in the
+	// cluster store (see blocks.go), sorted.
+	Blocks []netip.Prefix `json:"blocks,omitempty"`
 }
 
 // ID is the PoolID handed to dockerd: "<space>/<prefix>".
@@ -76,6 +84,11 @@ func decodePool(key string, b []byte) (*Pool, error) {
 	p.Allocated = slices.DeleteFunc(p.Allocated, func(a netip.Addr) bool { return !p.Prefix.Contains(a) })
 	slices.SortFunc(p.Allocated, netip.Addr.Compare)
 	p.Allocated = slices.Compact(p.Allocated)
+	p.Blocks = slices.DeleteFunc(p.Blocks, func(b netip.Prefix) bool {
+		return !b.IsValid() || b != b.Masked() || b.Bits() < p.Prefix.Bits() || !p.Prefix.Contains(b.Addr())
+	})
+	slices.SortFunc(p.Blocks, comparePrefix)
+	p.Blocks = slices.Compact(p.Blocks)
 	return &p, nil
 }
 
@@ -146,6 +159,15 @@ func (p *Pool) remove(a netip.Addr) bool {
 
 // claim marks a specific address (--ip, --gateway, --aux-address).
 func (p *Pool) claim(a netip.Addr) error {
+	if err := p.claimable(a); err != nil {
+		return err
+	}
+	p.add(a)
+	return nil
+}
+
+// claimable says why a cannot be claimed, or nil if it can.
+func (p *Pool) claimable(a netip.Addr) error {
 	if !p.Prefix.Contains(a) {
 		return fmt.Errorf("address %s is not in pool %s", a, p.Prefix)
 	}
@@ -155,7 +177,6 @@ func (p *Pool) claim(a netip.Addr) error {
 	if p.isAllocated(a) {
 		return fmt.Errorf("address %s is already allocated in pool %s", a, p.Prefix)
 	}
-	p.add(a)
 	return nil
 }
 
@@ -183,37 +204,79 @@ func (p *Pool) claimNext() (netip.Addr, error) {
 }
 
 // next finds the first free address in r after cursor, wrapping around.
-// Exhaustion is decided from counts first, so the walk is bounded by the
-// number of allocated addresses it steps over (plus the one wrap).
 func (p *Pool) next(r netip.Prefix, cursor netip.Addr) (netip.Addr, error) {
 	lo, hi, ok := p.usable(r)
 	if !ok {
 		return netip.Addr{}, p.exhausted(r, 0, 0)
 	}
-	size := rangeSize(lo, hi)
-	first, _ := slices.BinarySearchFunc(p.Allocated, lo, netip.Addr.Compare)
+	if a, ok := p.nextIn([]addrRange{{lo, hi}}, cursor); ok {
+		return a, nil
+	}
+	return netip.Addr{}, p.exhausted(r, p.countIn(lo, hi), rangeSize(lo, hi))
+}
+
+// addrRange is the addresses from lo to hi, both included.
+type addrRange struct{ lo, hi netip.Addr }
+
+// nextIn finds the first free address after cursor in ranges (sorted,
+// disjoint), wrapping around to the first range and up to the cursor.
+func (p *Pool) nextIn(ranges []addrRange, cursor netip.Addr) (netip.Addr, bool) {
+	for _, r := range ranges {
+		lo := r.lo
+		if cursor.IsValid() && cursor.Compare(lo) >= 0 {
+			if cursor.Compare(r.hi) >= 0 {
+				continue
+			}
+			lo = cursor.Next()
+		}
+		if a, ok := p.freeIn(lo, r.hi); ok {
+			return a, true
+		}
+	}
+	if !cursor.IsValid() {
+		return netip.Addr{}, false
+	}
+	for _, r := range ranges {
+		if r.lo.Compare(cursor) > 0 {
+			break
+		}
+		if a, ok := p.freeIn(r.lo, minAddr(r.hi, cursor)); ok {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// freeIn finds the first free address in [lo, hi]. Fullness is decided
+// from counts first, so the walk is bounded by the number of allocated
+// addresses it steps over, never the size of the range.
+func (p *Pool) freeIn(lo, hi netip.Addr) (netip.Addr, bool) {
+	first, end := p.allocatedIn(lo, hi)
+	if uint64(end-first) >= rangeSize(lo, hi) {
+		return netip.Addr{}, false
+	}
+	cand := lo
+	for i := first; i < end && p.Allocated[i] == cand; i++ {
+		cand = cand.Next()
+	}
+	return cand, true
+}
+
+// allocatedIn returns the indexes of Allocated that lie in [lo, hi]:
+// Allocated[first:end].
+func (p *Pool) allocatedIn(lo, hi netip.Addr) (first, end int) {
+	first, _ = slices.BinarySearchFunc(p.Allocated, lo, netip.Addr.Compare)
 	end, found := slices.BinarySearchFunc(p.Allocated, hi, netip.Addr.Compare)
 	if found {
 		end++
 	}
-	if used := uint64(end - first); used >= size {
-		return netip.Addr{}, p.exhausted(r, used, size)
-	}
+	return first, end
+}
 
-	cand := lo
-	if cursor.IsValid() && cursor.Compare(lo) >= 0 && cursor.Compare(hi) < 0 {
-		cand = cursor.Next()
-	}
-	i, _ := slices.BinarySearchFunc(p.Allocated, cand, netip.Addr.Compare)
-	for i < end && p.Allocated[i] == cand {
-		i++
-		if cand == hi {
-			cand, i = lo, first
-			continue
-		}
-		cand = cand.Next()
-	}
-	return cand, nil
+// countIn is the number of allocated addresses in [lo, hi].
+func (p *Pool) countIn(lo, hi netip.Addr) uint64 {
+	first, end := p.allocatedIn(lo, hi)
+	return uint64(end - first)
 }
 
 func (p *Pool) exhausted(r netip.Prefix, used, size uint64) error {
