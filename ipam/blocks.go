@@ -298,13 +298,20 @@ func (a *Allocator) claimBlock(p Pool, want netip.Addr) (b netip.Prefix, created
 			}
 		}
 	}
-	for blk := range p.autoBlocks() {
-		holder, taken := held[blk]
-		if p.holds(blk) || (taken && holder != a.host) || !p.hasFree(blk) {
-			continue
+	// Blocks already this host's first (the lowest): taking them back
+	// costs no write.
+	var mine []netip.Prefix
+	for blk, holder := range held {
+		if holder == a.host && blk.Bits() == p.blockBits() && !p.holds(blk) && p.hasFree(blk) {
+			mine = append(mine, blk)
 		}
-		if taken {
-			return blk, false, nil // ours already
+	}
+	if len(mine) > 0 {
+		return slices.MinFunc(mine, comparePrefix), false, nil
+	}
+	for blk := range p.autoBlocks() {
+		if _, taken := held[blk]; taken || p.holds(blk) || !p.hasFree(blk) {
+			continue
 		}
 		created, holder, err := a.createBlock(p, blk)
 		if errors.Is(err, errBlockHeld) {
