@@ -225,9 +225,7 @@ func (a *Allocator) requestOverlayAddress(st store.Store, key, id string, want n
 		}
 		got, _, err = a.allocInBlocks(st, key, id, want, b)
 		if err != nil && created {
-			// Best effort: a block left held in the cluster is taken back
-			// by this host's next claim (claimBlock), or freed with the pool.
-			a.unclaimBlock(p.Overlay, b)
+			a.unclaimBlock(p.Overlay, b) // nothing half-recorded
 		}
 		if !errors.Is(err, errNeedBlock) {
 			return got, err
@@ -238,12 +236,11 @@ func (a *Allocator) requestOverlayAddress(st store.Store, key, id string, want n
 // allocInBlocks records block add (if valid) as this host's and hands out
 // want, or the next free address, from the blocks this host holds, in one
 // update of the local record. It fails with errNeedBlock, writing nothing,
-// when those blocks cannot serve the request; p is the record it saw.
+// when those blocks cannot serve the request, with the record it saw.
 func (a *Allocator) allocInBlocks(st store.Store, key, id string, want netip.Addr, add netip.Prefix) (netip.Prefix, Pool, error) {
 	var got netip.Prefix
 	var seen Pool
 	err := updatePool(st, key, id, "request address from pool "+id, func(p *Pool) error {
-		seen = *p
 		if add.IsValid() {
 			p.addBlock(add)
 		}
@@ -253,6 +250,7 @@ func (a *Allocator) allocInBlocks(st store.Store, key, id string, want netip.Add
 				return err
 			}
 			if !p.holds(p.blockOf(want)) {
+				seen = *p // a fresh decoding, dropped with the aborted update
 				return errNeedBlock
 			}
 			addr = want
@@ -260,6 +258,7 @@ func (a *Allocator) allocInBlocks(st store.Store, key, id string, want netip.Add
 		} else {
 			var ok bool
 			if addr, ok = p.claimInBlocks(); !ok {
+				seen = *p
 				return errNeedBlock
 			}
 		}
@@ -357,22 +356,17 @@ func (a *Allocator) createBlock(p Pool, b netip.Prefix) (created bool, holder st
 	return false, "", clusterError(p, err)
 }
 
-// unclaimBlock deletes block b of overlay if this host holds it.
-func (a *Allocator) unclaimBlock(overlay string, b netip.Prefix) error {
+// unclaimBlock deletes block b of overlay if this host holds it, as best
+// it can: a block left held is taken back by this host's next claim
+// (claimBlock), or deleted with the pool.
+func (a *Allocator) unclaimBlock(overlay string, b netip.Prefix) {
 	key := blockKey(overlay, b)
-	err := a.cluster.Update(key, func(old []byte) ([]byte, error) {
-		if old == nil {
-			return nil, errNoChange
-		}
-		if h, err := blockHolder(key, old); err != nil || h != a.host {
+	a.cluster.Update(key, func(old []byte) ([]byte, error) {
+		if h, err := blockHolder(key, old); old == nil || err != nil || h != a.host {
 			return nil, errNoChange // not ours (or not readable): leave it
 		}
 		return nil, nil
 	})
-	if err != nil && !errors.Is(err, errNoChange) {
-		return err
-	}
-	return nil
 }
 
 // clusterError is the error of a claim that the cluster store failed.
