@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -284,3 +285,37 @@ func (e *unavailableError) Error() string {
 }
 
 func (e *unavailableError) Unwrap() []error { return []error{store.ErrUnavailable, e.err} }
+
+// AgentAddress is the address the Consul agent this store talks to
+// advertises to its cluster: the host's address on the network the
+// cluster shares, which the overlay's tunnels use by default.
+func (s *Store) AgentAddress(ctx context.Context) (netip.Addr, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, s.timeout, errNoAnswer)
+	defer cancel()
+	// Agent().Self takes no context: bound it from here.
+	type answer struct {
+		self map[string]map[string]interface{}
+		err  error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		self, err := s.client.Agent().Self()
+		ch <- answer{self, err}
+	}()
+	var self map[string]map[string]interface{}
+	select {
+	case a := <-ch:
+		if a.err != nil {
+			return netip.Addr{}, s.fail(ctx, "agent self", a.err)
+		}
+		self = a.self
+	case <-ctx.Done():
+		return netip.Addr{}, s.fail(ctx, "agent self", context.Cause(ctx))
+	}
+	addr, _ := self["Member"]["Addr"].(string)
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("consul at %s: agent address %q: %w", s.addr, addr, err)
+	}
+	return a.Unmap(), nil
+}

@@ -1,0 +1,207 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vxbridge/vxbridge/store"
+	"github.com/vxbridge/vxbridge/store/consul"
+	"github.com/vxbridge/vxbridge/store/consul/consultest"
+)
+
+// node returns a member named host on the agent at addr, with its own
+// local store (kept across "restarts" when dir is reused).
+func node(t *testing.T, addr, host, dir string) *Node {
+	t.Helper()
+	cs, err := consul.Open(consul.Options{Address: addr, Prefix: "vxbridge-" + strings.ReplaceAll(t.Name(), "/", "-") + "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	local, err := store.OpenBolt(filepath.Join(dir, host+".db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { local.Close() })
+	vtep := netip.MustParseAddr("192.0.2.1")
+	if host == "b" {
+		vtep = netip.MustParseAddr("192.0.2.2")
+	}
+	n, err := New(Config{Store: cs, Local: local, Host: host, VTEP: vtep, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+var demo = Overlay{Name: "demo", Subnet4: netip.MustParsePrefix("10.200.0.0/24"), Gateway4: netip.MustParseAddr("10.200.0.1"), MTU: 1450}
+
+func TestDefineIsOncePerClusterAndChecked(t *testing.T) {
+	agent := consultest.Start(t)
+	dir := t.TempDir()
+	a, b := node(t, agent.Addr, "a", dir), node(t, agent.Addr, "b", dir)
+
+	got, err := a.Define(demo)
+	if err != nil || got.VNI != FirstVNI || got.Creator != "a" {
+		t.Fatalf("first definition: %+v, %v", got, err)
+	}
+	// Another host's instance gets the same definition.
+	if again, err := b.Define(demo); err != nil || again.VNI != got.VNI || again.Creator != "a" {
+		t.Fatalf("second host: %+v, %v", again, err)
+	}
+	other := demo
+	other.Subnet4 = netip.MustParsePrefix("10.201.0.0/24")
+	if _, err := b.Define(other); err == nil || !strings.Contains(err.Error(), "10.200.0.0/24") {
+		t.Fatalf("same name, other subnet: %v", err)
+	}
+	overlapping := Overlay{Name: "other", Subnet4: netip.MustParsePrefix("10.200.0.0/16")}
+	if _, err := b.Define(overlapping); err == nil || !strings.Contains(err.Error(), "overlaps overlay demo") {
+		t.Fatalf("overlapping subnet: %v", err)
+	}
+	taken := Overlay{Name: "third", Subnet4: netip.MustParsePrefix("10.202.0.0/24"), VNI: FirstVNI}
+	if _, err := b.Define(taken); err == nil || !strings.Contains(err.Error(), "already used by overlay demo") {
+		t.Fatalf("VNI in use: %v", err)
+	}
+	// Refused definitions leave nothing: the next one gets the next VNI.
+	third, err := b.Define(Overlay{Name: "third", Subnet4: netip.MustParsePrefix("10.202.0.0/24")})
+	if err != nil || third.VNI != FirstVNI+1 {
+		t.Fatalf("third: %+v, %v", third, err)
+	}
+	all, err := a.Overlays()
+	if err != nil || len(all) != 2 {
+		t.Fatalf("overlays: %+v, %v", all, err)
+	}
+}
+
+func TestUndefineRefusedWhileAnotherHostHasContainers(t *testing.T) {
+	agent := consultest.Start(t)
+	dir := t.TempDir()
+	a, b := node(t, agent.Addr, "a", dir), node(t, agent.Addr, "b", dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, n := range []*Node{a, b} {
+		if err := n.Join(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	def, err := a.Define(demo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := Endpoint{Overlay: "demo", ID: strings.Repeat("b", 64), MAC: "02:42:0a:c8:00:03", IPv4: netip.MustParseAddr("10.200.0.3")}
+	if err := b.Advertise(ctx, ep); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Undefine("demo"); err == nil || !strings.Contains(err.Error(), "host b (1)") {
+		t.Fatalf("undefine while b has a container: %v", err)
+	}
+	if err := b.Withdraw("demo", ep.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Undefine("demo"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Lookup("demo"); err == nil {
+		t.Fatal("definition still there")
+	}
+	// Its VNI is free again.
+	if again, err := a.Define(demo); err != nil || again.VNI != def.VNI {
+		t.Fatalf("redefined: %+v, %v", again, err)
+	}
+	if err := a.Undefine("nothing"); err != nil {
+		t.Fatalf("undefine of an unknown overlay: %v", err)
+	}
+}
+
+// Every host sees an endpoint as soon as Advertise returns on its own
+// host, and sees it go; a restarted host resumes its session, so its
+// endpoints never blink.
+func TestWatchAdvertiseWithdrawAndResume(t *testing.T) {
+	agent := consultest.Start(t)
+	dir := t.TempDir()
+	a, b := node(t, agent.Addr, "a", dir), node(t, agent.Addr, "b", dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	aCtx, aStop := context.WithCancel(ctx)
+	if err := a.Join(aCtx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Define(demo); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []Endpoint
+	go b.Watch(ctx, func(_ []Overlay, eps []Endpoint) {
+		mu.Lock()
+		seen = eps
+		mu.Unlock()
+	})
+	has := func(id string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ep := range seen {
+			if ep.ID == id {
+				return true
+			}
+		}
+		return false
+	}
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	id := strings.Repeat("a", 64)
+	start := time.Now()
+	if err := a.Advertise(ctx, Endpoint{Overlay: "demo", ID: id, MAC: "02:42:0a:c8:00:02", IPv4: netip.MustParseAddr("10.200.0.2")}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the endpoint on b", func() bool { return has(id) })
+	t.Logf("advertised → seen on the other host in %v", time.Since(start))
+	hosts, err := b.Hosts()
+	if err != nil || len(hosts) != 1 || hosts[0].Name != "a" || hosts[0].VTEP != netip.MustParseAddr("192.0.2.1") {
+		t.Fatalf("hosts: %+v, %v", hosts, err)
+	}
+
+	// a "restarts": its session is resumed from its local store, and
+	// its endpoint stays advertised throughout.
+	aStop()
+	a.cfg.Local.Close()
+	a = node(t, agent.Addr, "a", dir)
+	if err := a.Join(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !has(id) {
+		t.Fatal("the endpoint blinked across the restart")
+	}
+	if err := a.Withdraw("demo", id); err != nil {
+		t.Fatal(err)
+	}
+	wait("the endpoint gone from b", func() bool { return !has(id) })
+}
+
+// Without Consul an advertisement fails clearly and nothing is kept.
+func TestAdvertiseWithoutClusterFails(t *testing.T) {
+	agent := consultest.Start(t)
+	a := node(t, agent.Addr, "a", t.TempDir())
+	err := a.Advertise(context.Background(), Endpoint{Overlay: "demo", ID: strings.Repeat("c", 64)})
+	if err == nil || !strings.Contains(err.Error(), "not in the cluster") {
+		t.Fatalf("advertise before joining: %v", err)
+	}
+	agent.Stop()
+	if _, err := a.Define(demo); err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("define with Consul stopped: %v", err)
+	}
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/vxbridge/vxbridge/cluster"
+	"github.com/vxbridge/vxbridge/driver"
+	"github.com/vxbridge/vxbridge/overlay"
+	"github.com/vxbridge/vxbridge/reconcile"
+	"github.com/vxbridge/vxbridge/store"
+	"github.com/vxbridge/vxbridge/store/consul"
+)
+
+// Multi-host wiring: with CONSUL_HTTP_ADDR set, this host joins the
+// cluster (package cluster, on store/consul), the driver gets overlay
+// networks (VXLAN devices from package overlay), every change in the
+// cluster programs the remote endpoints into the kernel, and the
+// cluster's overlays are created in (and removed from) this host's dockerd.
+
+// clusterStore opens the Consul store the environment names (the Consul
+// way: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, …), or returns
+// nil when none is set: a single host needs no Consul.
+func clusterStore() (*consul.Store, error) {
+	if os.Getenv("CONSUL_HTTP_ADDR") == "" {
+		return nil, nil
+	}
+	return consul.Open(consul.Options{})
+}
+
+// hostName names this host in the cluster: VXBRIDGE_HOST, else the
+// hostname. It must be stable: the host's address blocks carry it.
+func hostName() string {
+	if h := os.Getenv("VXBRIDGE_HOST"); h != "" {
+		return h
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+// joinCluster resolves the tunnel address (VXBRIDGE_VTEP, else the address
+// the local Consul agent advertises), gives the driver its overlays, joins
+// and starts the watches. Until Consul answers it retries in the
+// background: the plugin serves local networks meanwhile.
+func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local store.Store, host string,
+	drv *driver.Driver, pools driver.PoolBinder, rec *reconcile.Reconciler) {
+	vtep, err := tunnelAddress(ctx, cs)
+	for err != nil {
+		log.Warn("cannot join the cluster yet; overlay networks wait for it", "consul", cs.Address(), "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+		vtep, err = tunnelAddress(ctx, cs)
+	}
+	node, err := cluster.New(cluster.Config{Store: cs, Local: local, Host: host, VTEP: vtep, Log: log})
+	if err != nil {
+		log.Error("cluster", "err", err)
+		return
+	}
+	dp := overlay.New(log)
+	drv.Multihost(node, dp, pools)
+	eps, err := drv.OverlayEndpoints()
+	if err != nil {
+		log.Error("list overlay endpoints", "err", err)
+	}
+	if err := node.Join(ctx, eps); err != nil {
+		log.Warn("join the cluster (retrying)", "err", err)
+	}
+	ovs := rec.NewOverlays(host)
+	defs := make(chan []cluster.Overlay, 1)
+	go func() {
+		// dockerd calls the plugin back: never from the watch itself.
+		var last []cluster.Overlay
+		tick := time.NewTicker(30 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case last = <-defs:
+			case <-tick.C:
+			}
+			if last != nil {
+				ovs.Sync(ctx, last)
+			}
+		}
+	}()
+	go node.Watch(ctx, func(all []cluster.Overlay, eps []cluster.Endpoint) {
+		programPeers(ctx, log, dp, host, all, eps)
+		select {
+		case <-defs:
+		default:
+		}
+		defs <- all
+	})
+}
+
+func tunnelAddress(ctx context.Context, cs *consul.Store) (netip.Addr, error) {
+	if v := os.Getenv("VXBRIDGE_VTEP"); v != "" {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return a, fmt.Errorf("VXBRIDGE_VTEP %q: %w", v, err)
+		}
+		return a, nil
+	}
+	return cs.AgentAddress(ctx)
+}
+
+// programPeers makes each overlay's VXLAN device know exactly the
+// endpoints the other hosts advertise.
+func programPeers(ctx context.Context, log *slog.Logger, dp *overlay.Overlay, host string, defs []cluster.Overlay, eps []cluster.Endpoint) {
+	byOverlay := map[string][]overlay.Peer{}
+	for _, ep := range eps {
+		if ep.Host == host {
+			continue
+		}
+		mac, err := net.ParseMAC(ep.MAC)
+		if err != nil {
+			log.Warn("endpoint with a bad MAC", "host", ep.Host, "endpoint", ep.ID, "err", err)
+			continue
+		}
+		byOverlay[ep.Overlay] = append(byOverlay[ep.Overlay], overlay.Peer{MAC: mac, IPv4: ep.IPv4, IPv6: ep.IPv6, VTEP: ep.VTEP})
+	}
+	for _, def := range defs {
+		if err := dp.Sync(ctx, def.VNI, byOverlay[def.Name]); err != nil {
+			log.Warn("program overlay peers", "overlay", def.Name, "vni", def.VNI, "err", err)
+		}
+	}
+}
