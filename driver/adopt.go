@@ -49,6 +49,17 @@ func (d *Driver) AdoptNetwork(info NetworkInfo) (bool, error) {
 			return false, fmt.Errorf("adopt network %s: %w", short(info.ID, 12), err)
 		}
 	}
+	if opts.Overlay != "" {
+		// An overlay's VNI is the cluster's.
+		if d.cluster == nil {
+			return false, fmt.Errorf("adopt network %s: %w", short(info.ID, 12), errNoCluster)
+		}
+		def, err := d.cluster.Lookup(opts.Overlay)
+		if err != nil {
+			return false, fmt.Errorf("adopt network %s: %w", short(info.ID, 12), err)
+		}
+		n.VNI = def.VNI
+	}
 	defer d.lockNetwork(n.ID, true)()
 	if _, err := load[Network](d.store, networkKey(n.ID)); err == nil {
 		return false, nil

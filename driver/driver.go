@@ -14,6 +14,7 @@ import (
 
 	api "github.com/docker/go-plugins-helpers/network"
 
+	"github.com/vxbridge/vxbridge/cluster"
 	"github.com/vxbridge/vxbridge/store"
 )
 
@@ -39,6 +40,10 @@ type Driver struct {
 	// broken maps the networks the last Repair could not bring in line to
 	// why (written under mu's write lock).
 	broken map[string]string
+	// For overlay networks; nil on a host without a cluster (Multihost).
+	cluster  Cluster
+	datapath Datapath
+	pools    PoolBinder
 }
 
 var _ api.Driver = (*Driver)(nil)
@@ -82,6 +87,11 @@ func (d *Driver) ensureNetwork(n *Network) error {
 	if err := ensureBridge(n); err != nil {
 		return err
 	}
+	if n.VNI != 0 {
+		if err := d.ensureDevice(n); err != nil {
+			return err
+		}
+	}
 	return d.fw.ensure(networkRules(n), n.Options.IPv6)
 }
 
@@ -112,6 +122,19 @@ func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
 		}
 	}
 	defer d.lockNetwork(n.ID, true)()
+	var def cluster.Overlay
+	if opts.Overlay != "" {
+		_, mtuGiven := genericStrings(req.Options)[optMTU]
+		if def, err = d.defineOverlay(req, n, mtuGiven); err != nil {
+			return err
+		}
+		defer func() {
+			// A definition this request made goes with its failure.
+			if err != nil && def.Creator == d.cluster.Host() {
+				d.cluster.Undefine(def.Name)
+			}
+		}()
+	}
 	if old, err := load[Network](d.store, networkKey(n.ID)); err == nil {
 		// dockerd repeated itself: the same request makes sure, a
 		// different one is refused.
@@ -131,7 +154,7 @@ func (d *Driver) CreateNetwork(req *api.CreateNetworkRequest) (err error) {
 	if err := d.ensureNetwork(n); err != nil {
 		return err
 	}
-	d.log.Info("network created", "network", short(n.ID, 12), "bridge", opts.Bridge, "gateway", n.Gateway4, "gateway6", n.Gateway6, "mtu", opts.MTU, "icc", opts.ICC, "internal", opts.Internal)
+	d.log.Info("network created", "network", short(n.ID, 12), "bridge", opts.Bridge, "gateway", n.Gateway4, "gateway6", n.Gateway6, "mtu", n.Options.MTU, "icc", opts.ICC, "internal", opts.Internal, "overlay", opts.Overlay, "vni", n.VNI)
 	return nil
 }
 
@@ -195,6 +218,15 @@ func (d *Driver) DeleteNetwork(req *api.DeleteNetworkRequest) error {
 	if err != nil {
 		return err
 	}
+	if n.VNI != 0 {
+		// Gone everywhere, or refused while another host uses it.
+		if d.cluster == nil {
+			return errNoCluster
+		}
+		if err := d.cluster.Undefine(n.Options.Overlay); err != nil {
+			return err
+		}
+	}
 	if err := d.teardownNetwork(n); err != nil {
 		return err
 	}
@@ -216,6 +248,11 @@ func (d *Driver) teardownNetwork(n *Network) error {
 	}
 	if err := d.fw.remove(networkRules(n), n.Options.IPv6); err != nil {
 		return err
+	}
+	if n.VNI != 0 {
+		if err := d.deleteDevice(n); err != nil {
+			return err
+		}
 	}
 	if err := deleteLink("bridge", n.Options.Bridge); err != nil {
 		return err
@@ -269,6 +306,11 @@ func (d *Driver) CreateEndpoint(req *api.CreateEndpointRequest) (*api.CreateEndp
 		return nil, fmt.Errorf("record endpoint: %w", err)
 	}
 	if err := createVeth(ep, n.Options.Bridge, n.Options.MTU); err != nil {
+		remove(d.store, endpointKey(n.ID, ep.ID))
+		return nil, err
+	}
+	if err := d.advertise(n, ep); err != nil {
+		deleteLink("veth", ep.HostIf)
 		remove(d.store, endpointKey(n.ID, ep.ID))
 		return nil, err
 	}
@@ -348,6 +390,12 @@ func (d *Driver) teardownEndpoint(ep *Endpoint) error {
 	// dockerd skips Revoke when it could not reach the plugin.
 	if err := d.unpublish(ep); err != nil {
 		return err
+	}
+	if n, err := load[Network](d.store, networkKey(ep.NetworkID)); err == nil && n.VNI != 0 && d.cluster != nil {
+		// Its key also goes with this host's session, should this fail.
+		if err := d.cluster.Withdraw(n.Options.Overlay, ep.ID); err != nil {
+			d.log.Warn("withdraw overlay endpoint", "endpoint", short(ep.ID, 12), "err", err)
+		}
 	}
 	if err := deleteLink("veth", ep.HostIf); err != nil {
 		return err

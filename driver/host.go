@@ -57,3 +57,21 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), ones), true
 }
+
+// underlayMTU is the MTU of the interface that holds the tunnel address.
+func underlayMTU(vtep netip.Addr) (int, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return 0, fmt.Errorf("list host addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if p, ok := prefixOf(a.IPNet); ok && p.Addr() == vtep {
+			link, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return 0, fmt.Errorf("look up the interface of %s: %w", vtep, err)
+			}
+			return link.Attrs().MTU, nil
+		}
+	}
+	return 0, fmt.Errorf("tunnel address %s is not an address of this host (set VXBRIDGE_VTEP)", vtep)
+}

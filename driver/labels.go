@@ -18,9 +18,18 @@ const (
 	optICC        = "com.docker.network.bridge.enable_icc"
 	optMasquerade = "com.docker.network.bridge.enable_ip_masquerade"
 	optHostIPv4   = "com.docker.network.bridge.host_binding_ipv4"
+	// OptOverlay makes the network an overlay spanning every host of the
+	// cluster; its value is the network's name on every host.
+	OptOverlay = "vxbridge.overlay"
+	// optVNI picks the overlay's VXLAN network identifier (default: the
+	// lowest free one from 4096).
+	optVNI = "vxbridge.vni"
 )
 
-var knownOptions = []string{optBridgeName, optMTU, optICC, optMasquerade, optHostIPv4}
+var knownOptions = []string{optBridgeName, optMTU, optICC, optMasquerade, optHostIPv4, OptOverlay, optVNI}
+
+// overlayNameRE is what Docker accepts as a network name.
+var overlayNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
 
 // Top-level keys dockerd sets in CreateNetwork's Options.
 const (
@@ -53,6 +62,10 @@ type netOptions struct {
 	HostIPv4 netip.Addr `json:",omitempty"`
 	Internal bool
 	IPv6     bool
+	// Overlay is the cluster-wide name of an overlay network ("" for a
+	// network of this host only); VNI the VXLAN ID asked for (0: any).
+	Overlay string `json:",omitempty"`
+	VNI     uint32 `json:",omitempty"`
 }
 
 // parseNetOptions reads CreateNetwork's Options. Unknown -o keys are
@@ -107,9 +120,23 @@ func parseNetOptions(networkID string, opts map[string]interface{}) (netOptions,
 			if !ip.IsUnspecified() {
 				o.HostIPv4 = ip
 			}
+		case OptOverlay:
+			if !overlayNameRE.MatchString(v) {
+				return o, fmt.Errorf("invalid %s %q: a network name (letters, digits, '_', '.', '-')", k, v)
+			}
+			o.Overlay = v
+		case optVNI:
+			vni, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || vni < 1 || vni > 1<<24-1 {
+				return o, fmt.Errorf("invalid %s %q: must be a number from 1 to %d", k, v, 1<<24-1)
+			}
+			o.VNI = uint32(vni)
 		default:
 			return o, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(knownOptions, ", "))
 		}
+	}
+	if o.VNI != 0 && o.Overlay == "" {
+		return o, fmt.Errorf("%s needs %s", optVNI, OptOverlay)
 	}
 	return o, nil
 }

@@ -87,6 +87,12 @@ func (d *Driver) Repair(claims *Claims) (Repairs, error) {
 			fail(n, err)
 			continue
 		}
+		if n.VNI != 0 {
+			if err := d.ensureDevice(n); err != nil {
+				fail(n, fmt.Errorf("overlay %s: %w", n.Options.Overlay, err))
+				continue
+			}
+		}
 		want = append(want, ruleSet{networkRules(n), n.Options.IPv6})
 		wantTags[short(n.ID, 12)] = true
 		rep.Networks++

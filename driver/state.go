@@ -18,6 +18,8 @@ type Network struct {
 	Options  netOptions
 	Gateway4 netip.Prefix `json:",omitempty"`
 	Gateway6 netip.Prefix `json:",omitempty"`
+	// VNI of an overlay network, as the cluster chose it.
+	VNI uint32 `json:",omitempty"`
 }
 
 // Endpoint is the persisted record of one veth pair.

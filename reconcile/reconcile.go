@@ -56,6 +56,7 @@ type Allocator interface {
 	ReleasePool(*ipamapi.ReleasePoolRequest) error
 	ReleaseAddress(*ipamapi.ReleaseAddressRequest) error
 	AdoptPool(ipam.Pool) (bool, error)
+	BindOverlay(poolID, overlay string) error
 }
 
 // Reconciler runs passes one at a time.
@@ -357,6 +358,10 @@ func (r *Reconciler) adoptPools(nets []Network, due func(string) bool, rep *Repo
 				p.Allocated = append(p.Allocated, a)
 			}
 			ok, err := r.alloc.AdoptPool(p)
+			if err == nil && n.Options[driver.OptOverlay] != "" {
+				// Its addresses are the cluster's.
+				err = r.alloc.BindOverlay(p.ID(), n.Options[driver.OptOverlay])
+			}
 			if err != nil {
 				r.fail(rep, "adopt pool "+p.ID(), err)
 				continue
