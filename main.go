@@ -103,12 +103,21 @@ func serve(args []string) error {
 		st = bolt
 	}
 	defer st.Close()
-	// One host, one store: the global (cluster) address space shares the
-	// local store until the overlay brings a cluster store.
-	alloc, err := ipam.New(ipam.Config{
+	cs, err := clusterStore()
+	if err != nil {
+		return err
+	}
+	host := hostName()
+	cfg := ipam.Config{
 		Spaces:       map[string]store.Store{ipam.LocalSpace: st, ipam.GlobalSpace: st},
 		HostPrefixes: driver.HostPrefixes,
-	})
+		Host:         host,
+	}
+	if cs != nil {
+		defer cs.Close()
+		cfg.Cluster = cs
+	}
+	alloc, err := ipam.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -125,6 +134,19 @@ func serve(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cs != nil {
+		// Bounded here, so overlays are repaired at start when Consul
+		// answers; the rest retries in the background.
+		joined := make(chan struct{})
+		go func() {
+			joinCluster(ctx, log, cs, st, host, drv, alloc, rec)
+			close(joined)
+		}()
+		select {
+		case <-joined:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	// Before serving: adopt what dockerd has and the records lost, then
 	// bring the kernel in line (see reconcile.Start).
 	startRep, viewed := rec.Start(ctx)
