@@ -37,9 +37,16 @@ else
 	fi
 	echo "dockerd.sh: starting dockerd (log: $log)"
 	mkdir -p "$(dirname "$log")"
-	# setsid + all fds redirected: dockerd outlives this script and holds no
-	# pipe of the caller (make, CI) open.
-	setsid dockerd >>"$log" 2>&1 </dev/null &
+	# setsid + all fds redirected, every other inherited one closed: dockerd
+	# outlives this script and holds nothing of the caller's open (a pipe of
+	# make or CI, a lock file held by flock).
+	(
+		for fd in /proc/self/fd/*; do
+			fd=${fd##*/}
+			[ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+		done
+		exec setsid dockerd >>"$log" 2>&1 </dev/null
+	) &
 fi
 
 for ((i = 0; i < wait_s * 2; i++)); do
