@@ -61,7 +61,9 @@ if [ -n "$docker_socket" ]; then
 	settings=("docker.source=$docker_socket" "${settings[@]}")
 fi
 if [ -n "$bundle" ]; then
-	[ -f "$bundle/config.json" ] && [ -x "$bundle/rootfs/vxbridge" ] || die "--bundle $bundle is not a plugin bundle (see scripts/rootfs.sh)"
+	if [ ! -f "$bundle/config.json" ] || [ ! -x "$bundle/rootfs/vxbridge" ]; then
+		die "--bundle $bundle is not a plugin bundle (see scripts/rootfs.sh)"
+	fi
 else
 	bundle=$repo/build/plugin
 	bash "$repo/scripts/rootfs.sh" "$bundle" "$binary"
