@@ -23,6 +23,33 @@ if [ -x "$bin" ]; then
 fi
 
 mkdir -p "$cache"
+# One build at a time: a second caller (another make target, another worker)
+# waits for the first one's binary instead of building it again.
+exec 9>"$cache/consul-$version.lock"
+if ! flock -n 9; then
+	echo "consul.sh: another consul.sh is building consul $version; waiting" >&2
+	flock 9
+fi
+# building: a go build runs in a build.* folder (a consul.sh that predates
+# the lock does not take it).
+building() {
+	local p
+	for p in /proc/[0-9]*; do
+		case $(readlink "$p/cwd" 2>/dev/null) in "$cache"/build.*) return 0 ;; esac
+	done
+	return 1
+}
+while [ ! -x "$bin" ] && building; do
+	sleep 2
+done
+if [ -x "$bin" ]; then
+	echo "$bin"
+	exit 0
+fi
+# Folders of builds that were killed.
+chmod -R u+w "$cache"/build.* 2>/dev/null || true
+rm -rf "$cache"/build.*
+
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 

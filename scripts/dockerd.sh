@@ -12,6 +12,13 @@ if docker info >/dev/null 2>&1; then
 	exit 0
 fi
 
+# Only the local default dockerd is ours to start; another one (a lab host's)
+# is started by whatever made it.
+if [ -n "${DOCKER_HOST:-}" ]; then
+	echo "dockerd.sh: dockerd at DOCKER_HOST=$DOCKER_HOST does not answer" >&2
+	exit 1
+fi
+
 command -v dockerd >/dev/null 2>&1 || { echo "dockerd.sh: dockerd not installed (run scripts/deps.sh)" >&2; exit 1; }
 command -v docker >/dev/null 2>&1 || { echo "dockerd.sh: docker CLI not installed (run scripts/deps.sh)" >&2; exit 1; }
 

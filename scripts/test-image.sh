@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # test-image.sh: build the e2e tests' image vxbridge-test/busybox:latest from
 # Debian's busybox-static, without any registry. Does nothing if it exists.
+# It imports into the dockerd the docker CLI talks to: set DOCKER_HOST to build
+# it in another one (scripts/lab.sh does, for each lab host).
 set -euo pipefail
 
 image=${TEST_IMAGE:-vxbridge-test/busybox:latest}
@@ -8,7 +10,7 @@ busybox=/bin/busybox
 
 die() { echo "test-image.sh: $*" >&2; exit 1; }
 
-docker info >/dev/null 2>&1 || die "dockerd does not answer (run scripts/dockerd.sh)"
+docker info >/dev/null 2>&1 || die "dockerd at ${DOCKER_HOST:-the default socket} does not answer (run scripts/dockerd.sh)"
 if docker image inspect "$image" >/dev/null 2>&1; then
 	echo "test-image.sh: $image present"
 	exit 0
