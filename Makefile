@@ -26,8 +26,8 @@ help: ## list the targets
 build: ## build the static binary bin/vxbridge
 	CGO_ENABLED=0 go build -trimpath -o $(BIN) .
 
-unit: ## run the unit tests (no root needed)
-	go test ./...
+unit: ## run the unit tests (no root needed; the Consul store, cluster and IPAM tests run a real agent from scripts/consul.sh)
+	VXBRIDGE_CONSUL=$$(bash scripts/consul.sh) go test ./...
 
 deps: ## install the missing Debian packages (docker.io, iptables, busybox-static, ...)
 	bash scripts/deps.sh
@@ -48,7 +48,7 @@ test-image: deps dockerd ## build the test image vxbridge-test/busybox:latest if
 e2e: install test-image ## run the end-to-end tests against the real dockerd (root)
 	go test -tags e2e -count=1 -v -timeout 40m ./tests/...
 
-test: unit e2e ## run all tests: unit, then e2e
+test: unit e2e lab-test ## run all tests: unit, e2e on this host's dockerd, then the three-host lab
 
 lint: ## check gofmt and go vet (also with the e2e and lab tags)
 	@files=$$(gofmt -l .); if [ -n "$$files" ]; then echo "gofmt -l finds unformatted files:"; echo "$$files"; exit 1; fi

@@ -1,0 +1,226 @@
+//go:build lab
+
+package lab
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Overlay networks across the three hosts, as a user drives them: created
+// once on one host, present on all, containers talking across hosts by
+// address and over TCP, removal refused while in use elsewhere and then
+// gone everywhere.
+
+// waitUntil polls ok for up to limit.
+func waitUntil(t *testing.T, limit time.Duration, what string, ok func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !ok() {
+		if time.Since(start) > limit {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func (h host) hasNetwork(name string) bool {
+	out, _ := run("docker", "-H", h.dockerHost, "network", "ls", "-q", "--filter", "name=^"+name+"$")
+	return out != ""
+}
+
+func (h host) ipOf(t *testing.T, c, nw string) string {
+	t.Helper()
+	return h.docker(t, "inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).IPAddress}}`, nw), c)
+}
+
+func (h host) canPing(c, addr string) bool {
+	_, err := run("docker", "-H", h.dockerHost, "exec", c, "ping", "-c", "1", "-W", "1", addr)
+	return err == nil
+}
+
+// overlay creates an overlay on host h and makes sure it is gone from
+// every host at the end.
+func overlay(t *testing.T, h host, name string, args ...string) {
+	t.Helper()
+	h.docker(t, append(append([]string{"network", "create", "-d", driver, "--ipam-driver", driver, "-o", "vxbridge.overlay=" + name}, args...), name)...)
+	t.Cleanup(func() {
+		for _, o := range hosts {
+			if out, _ := run("docker", "-H", o.dockerHost, "ps", "-aq", "--filter", "network="+name); out != "" {
+				run(append([]string{"docker", "-H", o.dockerHost, "rm", "-f"}, strings.Fields(out)...)...)
+			}
+		}
+		run("docker", "-H", h.dockerHost, "network", "rm", name)
+		for _, o := range hosts {
+			deadline := time.Now().Add(15 * time.Second)
+			for o.hasNetwork(name) && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if o.hasNetwork(name) {
+				t.Errorf("overlay %s still on host %s after its removal", name, o.name)
+			}
+		}
+	})
+}
+
+func TestUpOverlayAcrossHosts(t *testing.T) {
+	needLab(t)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	const nw = "demo"
+	overlay(t, a, nw, "--subnet", "10.210.0.0/24")
+	for _, h := range []host{b, c} {
+		took := waitUntil(t, 10*time.Second, "overlay "+nw+" on host "+h.name, func() bool { return h.hasNetwork(nw) })
+		t.Logf("overlay created on A appeared on host %s after %v", h.name, took)
+	}
+	run1 := func(h host, name string, cmd ...string) string {
+		args := append([]string{"run", "-d", "--name", name, "--network", nw, image}, cmd...)
+		h.docker(t, args...)
+		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+		return h.ipOf(t, name, nw)
+	}
+	ipA := run1(a, "ova", "sleep", "600")
+	ipB := run1(b, "ovb", "nc", "-lk", "-p", "3306", "-e", "echo", "mysql-on-b")
+	ipC := run1(c, "ovc", "sleep", "600")
+	if ipA == ipB || ipB == ipC || ipA == ipC {
+		t.Fatalf("addresses across hosts are not distinct: %s %s %s", ipA, ipB, ipC)
+	}
+	for _, p := range []struct {
+		h       host
+		c, addr string
+	}{{a, "ova", ipB}, {a, "ova", ipC}, {b, "ovb", ipA}, {b, "ovb", ipC}, {c, "ovc", ipA}, {c, "ovc", ipB}} {
+		if !p.h.canPing(p.c, p.addr) {
+			t.Errorf("%s on host %s cannot ping %s", p.c, p.h.name, p.addr)
+		}
+	}
+	// A TCP server on B answers a client on A.
+	if out := a.docker(t, "exec", "ova", "nc", "-w", "2", ipB, "3306"); !strings.Contains(out, "mysql-on-b") {
+		t.Errorf("TCP from A to B's server: %q", out)
+	}
+	// The MTU leaves room for VXLAN's 50 bytes.
+	if out := a.docker(t, "exec", "ova", "cat", "/sys/class/net/eth0/mtu"); out != "1450" {
+		t.Errorf("container MTU on the overlay: %s, want 1450 (underlay 1500 less VXLAN)", out)
+	}
+
+	// First packet: a container started on B answers a ping from A sent
+	// right after `docker run -d` returns.
+	for i := 0; i < 5; i++ {
+		name := fmt.Sprintf("ovfirst%d", i)
+		ip := run1(b, name, "sleep", "600")
+		if !a.canPing("ova", ip) {
+			t.Errorf("run %d: %s (%s) on B not reachable from A right after docker run returned", i, name, ip)
+		}
+		run("docker", "-H", b.dockerHost, "rm", "-f", name)
+	}
+
+	// Removal is refused while another host has a container on it, and
+	// says where.
+	out, err := run("docker", "-H", c.dockerHost, "network", "rm", nw)
+	if err == nil {
+		t.Fatalf("network rm on C succeeded while A and B have containers on %s", nw)
+	}
+	if !strings.Contains(out, "vxlab-a") || !strings.Contains(out, "vxlab-b") {
+		t.Errorf("network rm on C while in use: %q, want it to name hosts vxlab-a and vxlab-b", out)
+	}
+	if !c.hasNetwork(nw) || !a.hasNetwork(nw) {
+		t.Fatalf("a refused rm removed the network")
+	}
+	if !a.canPing("ova", ipC) {
+		t.Errorf("after the refused rm, A no longer reaches C")
+	}
+}
+
+// Thirty containers started at once across the hosts get thirty distinct
+// addresses and reach each other.
+func TestUpOverlayConcurrentRuns(t *testing.T) {
+	needLab(t)
+	const nw, per = "ovpar", 10
+	overlay(t, hosts[0], nw, "--subnet", "10.211.0.0/24")
+	for _, h := range hosts[1:] {
+		waitUntil(t, 10*time.Second, "overlay on host "+h.name, func() bool { return h.hasNetwork(nw) })
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []string
+	for _, h := range hosts {
+		for i := 0; i < per; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				name := fmt.Sprintf("par-%s-%d", strings.ToLower(h.name), i)
+				out, err := run("docker", "-H", h.dockerHost, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, h.name+": "+out)
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d runs failed: %v", len(errs), errs)
+	}
+	seen := map[string]string{}
+	var first string
+	for _, h := range hosts {
+		for i := 0; i < per; i++ {
+			name := fmt.Sprintf("par-%s-%d", strings.ToLower(h.name), i)
+			ip := h.ipOf(t, name, nw)
+			if other, dup := seen[ip]; dup {
+				t.Errorf("address %s given to %s and %s", ip, other, name)
+			}
+			seen[ip] = name
+			if first == "" {
+				first = ip
+			}
+		}
+	}
+	// Every container reaches the first one, across hosts.
+	for _, h := range hosts {
+		for i := 0; i < per; i++ {
+			name := fmt.Sprintf("par-%s-%d", strings.ToLower(h.name), i)
+			if seen[first] != name && !h.canPing(name, first) {
+				t.Errorf("%s on host %s cannot reach %s (%s)", name, h.name, seen[first], first)
+			}
+		}
+	}
+	t.Logf("%d containers on 3 hosts: %d distinct addresses", 3*per, len(seen))
+}
+
+// Bad input: each a clear error, nothing left on any host.
+func TestUpOverlayBadInput(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	overlay(t, a, "ovtaken", "--subnet", "10.212.0.0/24", "-o", "vxbridge.vni=7001")
+	for _, c := range []struct {
+		what string
+		args []string
+		want string
+	}{
+		{"default IPAM", []string{"network", "create", "-d", driver, "-o", "vxbridge.overlay=ovbad1", "ovbad1"}, "--ipam-driver vxbridge:latest"},
+		{"VNI in use", []string{"network", "create", "-d", driver, "--ipam-driver", driver, "-o", "vxbridge.overlay=ovbad2", "-o", "vxbridge.vni=7001", "--subnet", "10.213.0.0/24", "ovbad2"}, "VNI 7001 is already used by overlay ovtaken"},
+		{"overlapping subnet", []string{"network", "create", "-d", driver, "--ipam-driver", driver, "-o", "vxbridge.overlay=ovbad3", "--subnet", "10.212.0.0/16", "ovbad3"}, "overlaps overlay ovtaken"},
+	} {
+		out, err := run(append([]string{"docker", "-H", b.dockerHost}, c.args...)...)
+		if err == nil {
+			t.Errorf("%s: succeeded", c.what)
+			run("docker", "-H", b.dockerHost, "network", "rm", c.args[len(c.args)-1])
+			continue
+		}
+		if !strings.Contains(out, c.want) {
+			t.Errorf("%s: %q, want it to say %q", c.what, out, c.want)
+		}
+	}
+	time.Sleep(time.Second) // a wrongly kept definition would propagate by now
+	for _, h := range hosts {
+		for _, n := range []string{"ovbad1", "ovbad2", "ovbad3"} {
+			if h.hasNetwork(n) {
+				t.Errorf("refused network %s exists on host %s", n, h.name)
+			}
+		}
+	}
+}
