@@ -78,16 +78,21 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 	go func() {
 		// dockerd calls the plugin back: never from the watch itself.
 		var last []cluster.Overlay
-		tick := time.NewTicker(30 * time.Second)
+		seen := false // an empty cluster is a set too: its instances go
+		// The tick brings back an instance removed here while other hosts
+		// still use the overlay (the cluster did not change, so no watch
+		// fires), and retries what dockerd refused.
+		tick := time.NewTicker(5 * time.Second)
 		defer tick.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case last = <-defs:
+				seen = true
 			case <-tick.C:
 			}
-			if last != nil {
+			if seen {
 				ovs.Sync(ctx, last)
 			}
 		}

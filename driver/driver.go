@@ -219,13 +219,7 @@ func (d *Driver) DeleteNetwork(req *api.DeleteNetworkRequest) error {
 		return err
 	}
 	if n.VNI != 0 {
-		// Gone everywhere, or refused while another host uses it.
-		if d.cluster == nil {
-			return errNoCluster
-		}
-		if err := d.cluster.Undefine(n.Options.Overlay); err != nil {
-			return err
-		}
+		d.undefine(n)
 	}
 	if err := d.teardownNetwork(n); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	api "github.com/docker/go-plugins-helpers/network"
+	"github.com/vishvananda/netlink"
 
 	"github.com/vxbridge/vxbridge/cluster"
 	"github.com/vxbridge/vxbridge/overlay"
@@ -119,6 +120,16 @@ func (d *Driver) deleteDevice(n *Network) error {
 	if d.datapath == nil {
 		return nil
 	}
+	// The device is this network's only while it is on this network's
+	// bridge: a VNI freed and taken again by a newer overlay moves it to
+	// the newer one's bridge, which an old instance removed late must not
+	// take down.
+	if dev, err := netlink.LinkByName(overlay.DeviceName(n.VNI)); err == nil {
+		br, err := netlink.LinkByName(n.Options.Bridge)
+		if err != nil || dev.Attrs().MasterIndex != br.Attrs().Index {
+			return nil
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()
 	return d.datapath.DeleteDevice(ctx, n.VNI)
@@ -156,4 +167,21 @@ func (d *Driver) OverlayEndpoints() ([]cluster.Endpoint, error) {
 		}
 	}
 	return out, nil
+}
+
+// undefine removes the overlay cluster-wide when this host's instance
+// goes, unless another host still has containers on it (or the cluster
+// cannot be asked): then only this host's instance goes, and it comes back
+// while the overlay lives. dockerd removes a network whatever a remote
+// driver answers (libnetwork honours only its own ForbiddenError from a
+// driver's DeleteNetwork), so a refusal here could only leave a
+// half-removed network behind.
+func (d *Driver) undefine(n *Network) {
+	err := errNoCluster
+	if d.cluster != nil {
+		err = d.cluster.Undefine(n.Options.Overlay)
+	}
+	if err != nil {
+		d.log.Warn("overlay kept: only this host's instance is removed, and it comes back while the overlay lives", "overlay", n.Options.Overlay, "why", err)
+	}
 }
