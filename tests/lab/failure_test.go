@@ -1,0 +1,225 @@
+//go:build lab
+
+package lab
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Failures across the lab: a host cut off, Consul gone, a plugin killed.
+// Each test leaves the lab as it found it (`lab.sh up` repairs).
+
+// fdbHas reports whether host h's kernel forwards mac into the tunnel.
+func (h host) fdbHas(mac string) bool {
+	out, _ := run("ip", "netns", "exec", h.netns, "bridge", "fdb", "show")
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, mac+" ") && strings.Contains(l, "vxo-") && strings.Contains(l, " dst ") {
+			return true
+		}
+	}
+	return false
+}
+
+func (h host) macOf(t *testing.T, c, nw string) string {
+	t.Helper()
+	return h.docker(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+nw+"\").MacAddress}}", c)
+}
+
+// repairLab brings back whatever a test stopped.
+func repairLab(t *testing.T) {
+	t.Helper()
+	if out, err := run("bash", "../../scripts/lab.sh", "up"); err != nil {
+		t.Errorf("lab.sh up after the test: %v\n%s", err, out)
+	}
+}
+
+// A host cut off from the others (its underlay down): within the session's
+// TTL the others drop its endpoints while their own traffic flows; none of
+// its addresses is handed out meanwhile; back, it converges and its
+// containers are reachable again.
+func TestUpOverlayHostCutOff(t *testing.T) {
+	needLab(t)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	const nw = "ovcut"
+	overlay(t, a, nw, "--subnet", "10.214.0.0/24")
+	for _, h := range []host{b, c} {
+		waitUntil(t, 10*time.Second, "overlay on host "+h.name, func() bool { return h.hasNetwork(nw) })
+	}
+	start := func(h host, name string) string {
+		h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
+		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+		return h.ipOf(t, name, nw)
+	}
+	start(a, "cuta")
+	ipB := start(b, "cutb")
+	ipC := start(c, "cutc")
+	macB := b.macOf(t, "cutb", nw)
+	if !a.canPing("cuta", ipB) || !a.canPing("cuta", ipC) {
+		t.Fatal("no traffic before the cut")
+	}
+
+	t.Cleanup(func() {
+		run("ip", "-n", b.netns, "link", "set", "eth0", "up")
+		repairLab(t)
+	})
+	cut := time.Now()
+	if out, err := run("ip", "-n", b.netns, "link", "set", "eth0", "down"); err != nil {
+		t.Fatalf("cut B: %v %s", err, out)
+	}
+	gone := waitUntil(t, 60*time.Second, "A and C to drop B's endpoint", func() bool { return !a.fdbHas(macB) && !c.fdbHas(macB) })
+	t.Logf("B cut off: its endpoint left A's and C's tables after %v", gone)
+	if !a.canPing("cuta", ipC) {
+		t.Error("A↔C traffic broke while B was cut off")
+	}
+	// B's addresses stay reserved: new containers on A never get one of
+	// B's block.
+	for i := 0; i < 3; i++ {
+		ip := start(a, "cutnew"+strconv.Itoa(i))
+		if ip == ipB {
+			t.Errorf("B's address %s handed out on A while B was cut off", ipB)
+		}
+	}
+
+	if out, err := run("ip", "-n", b.netns, "link", "set", "eth0", "up"); err != nil {
+		t.Fatalf("reconnect B: %v %s", err, out)
+	}
+	back := waitUntil(t, 90*time.Second, "B's container reachable from A again", func() bool { return a.canPing("cuta", ipB) })
+	t.Logf("B back: reachable from A %v after reconnecting (%v after the cut)", back, time.Since(cut))
+}
+
+// All Consul servers stopped: local networks and running overlay traffic
+// keep working, an overlay `docker run` fails clearly and leaves nothing;
+// Consul back, it works again.
+func TestUpOverlayConsulDown(t *testing.T) {
+	needLab(t)
+	a, c := hosts[0], hosts[2]
+	const nw = "ovnocs"
+	overlay(t, a, nw, "--subnet", "10.215.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay on host C", func() bool { return c.hasNetwork(nw) })
+	local := "vxlabt-local-" + strconv.Itoa(os.Getpid())
+	a.docker(t, "network", "create", "-d", driver, local)
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "network", "rm", local) })
+	for _, x := range []struct {
+		h         host
+		name, net string
+	}{{a, "csa", nw}, {c, "csc", nw}, {a, "csl1", local}, {a, "csl2", local}} {
+		x.h.docker(t, "run", "-d", "--name", x.name, "--network", x.net, image, "sleep", "600")
+		name, h := x.name, x.h
+		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+	}
+	ipC := c.ipOf(t, "csc", nw)
+
+	t.Cleanup(func() { repairLab(t) })
+	for _, h := range hosts {
+		b, err := os.ReadFile(filepath.Join(h.dir, "consul.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	time.Sleep(2 * time.Second)
+	if !a.canPing("csa", ipC) {
+		t.Error("running overlay traffic stopped with Consul")
+	}
+	if !a.canPing("csl1", a.ipOf(t, "csl2", local)) {
+		t.Error("a local network stopped working with Consul")
+	}
+	out, err := run("docker", "-H", a.dockerHost, "run", "-d", "--name", "csfail", "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "csfail") })
+	if err == nil {
+		t.Fatal("an overlay docker run succeeded with every Consul server down")
+	}
+	if !strings.Contains(out, "consul") || !strings.Contains(out, "unreachable") {
+		t.Errorf("the failed run's error does not say Consul is unreachable: %s", out)
+	}
+	run("docker", "-H", a.dockerHost, "rm", "-f", "csfail")
+	if n := strings.Count(mustState(t, a), `"NetworkID"`); n != 3 { // csa, csl1, csl2
+		t.Errorf("after the failed run host A records %d endpoints, want 3", n)
+	}
+
+	repairLab(t)
+	waitUntil(t, 60*time.Second, "an overlay docker run to work again", func() bool {
+		_, err := run("docker", "-H", a.dockerHost, "run", "-d", "--name", "csback", "--network", nw, image, "sleep", "600")
+		if err != nil {
+			run("docker", "-H", a.dockerHost, "rm", "-f", "csback")
+		}
+		return err == nil
+	})
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "csback") })
+	if !c.canPing("csc", a.ipOf(t, "csback", nw)) {
+		t.Error("a container started after Consul came back is not reachable across hosts")
+	}
+}
+
+// mustState is `vxbridge state` of host h's plugin, read through its socket.
+func mustState(t *testing.T, h host) string {
+	t.Helper()
+	socks, _ := filepath.Glob(filepath.Join(h.dir, "run-docker", "plugins", "*", "vxbridge.sock"))
+	if len(socks) != 1 {
+		t.Fatalf("host %s: plugin sockets %v", h.name, socks)
+	}
+	// The path is longer than a unix socket address may be: dial a link.
+	link := filepath.Join(t.TempDir(), "p.sock")
+	if len(link) > 100 {
+		link = filepath.Join("/tmp", "vxlab-"+h.name+".sock")
+		t.Cleanup(func() { os.Remove(link) })
+	}
+	os.Remove(link)
+	if err := os.Symlink(socks[0], link); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run("../../bin/vxbridge", "state", "--socket", link)
+	if err != nil {
+		t.Fatalf("host %s: vxbridge state: %v %s", h.name, err, out)
+	}
+	return out
+}
+
+// The plugin on B killed (-9) while A pings B's container: dockerd
+// restarts it, it resumes its session, and no ping is lost.
+func TestUpOverlayPluginKillLosesNoPacket(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw = "ovkill"
+	overlay(t, a, nw, "--subnet", "10.216.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
+	a.docker(t, "run", "-d", "--name", "kla", "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "kla") })
+	b.docker(t, "run", "-d", "--name", "klb", "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "rm", "-f", "klb") })
+	ipB := b.ipOf(t, "klb", nw)
+	macB := b.macOf(t, "klb", nw)
+
+	done := make(chan string, 1)
+	go func() {
+		out, _ := run("docker", "-H", a.dockerHost, "exec", "kla", "ping", "-c", "40", "-i", "0.2", "-W", "1", ipB)
+		done <- out
+	}()
+	time.Sleep(2 * time.Second)
+	pids, _ := run("ip", "netns", "pids", b.netns)
+	killed := 0
+	for _, p := range strings.Fields(pids) {
+		if cmd, _ := os.ReadFile("/proc/" + p + "/cmdline"); strings.HasPrefix(string(cmd), "/vxbridge\x00serve") {
+			pid, _ := strconv.Atoi(p)
+			syscall.Kill(pid, syscall.SIGKILL)
+			killed++
+		}
+	}
+	if killed != 1 {
+		t.Fatalf("killed %d plugin processes on B, want 1", killed)
+	}
+	out := <-done
+	if !strings.Contains(out, " 0% packet loss") {
+		t.Errorf("pings from A to B across the plugin's kill -9 on B:\n%s", out)
+	}
+	if !a.fdbHas(macB) {
+		t.Error("B's endpoint left A's table across B's plugin restart")
+	}
+}
