@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/vxbridge/vxbridge/store"
 )
@@ -266,6 +269,44 @@ func TestRouteLocalnetSetOverNetlink(t *testing.T) {
 		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/vxb-test/route_localnet")
 		if err != nil || strings.TrimSpace(string(b)) != "1" {
 			t.Fatalf("route_localnet = %q, %v; want 1", b, err)
+		}
+	})
+}
+
+// A bridge holds 1023 ports; the endpoint that finds it full fails naming
+// the cause and leaves no veth behind.
+func TestFullBridgeLeavesNoVeth(t *testing.T) {
+	inNewNetns(t, func() {
+		n := testNetwork()
+		if err := ensureBridge(n); err != nil {
+			t.Fatal(err)
+		}
+		br, err := netlink.LinkByName(n.Options.Bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			la := netlink.NewLinkAttrs()
+			la.Name = fmt.Sprintf("port%d", i)
+			la.MasterIndex = br.Attrs().Index
+			port := &netlink.Veth{LinkAttrs: la, PeerName: fmt.Sprintf("peer%d", i)}
+			if err := netlink.LinkAdd(port); err != nil {
+				if !errors.Is(err, unix.EXFULL) {
+					t.Fatalf("port %d: %v", i, err)
+				}
+				netlink.LinkDel(port) // netlink leaves it, as it left our veths
+				break
+			}
+		}
+		ep := &Endpoint{ID: "e1", HostIf: "vxv-e1", PeerIf: "vxc-e1", MAC: macFor(netip.MustParsePrefix("10.9.0.2/24"))}
+		err = createVeth(ep, n.Options.Bridge, n.Options.MTU)
+		for _, name := range []string{ep.HostIf, ep.PeerIf} {
+			if linkExists(name) {
+				t.Fatalf("veth %s left behind by the failed endpoint (%v)", name, err)
+			}
+		}
+		if !errors.Is(err, unix.EXFULL) || !strings.Contains(err.Error(), "vxv-e1") || !strings.Contains(err.Error(), n.Options.Bridge) {
+			t.Fatalf("want an error naming the veth, the bridge and that it is full, got %v", err)
 		}
 	})
 }
