@@ -310,3 +310,63 @@ func TestFullBridgeLeavesNoVeth(t *testing.T) {
 		}
 	})
 }
+
+// What comes from a bridge for 127.0.0.0/8 is dropped in raw PREROUTING,
+// before NAT (so the answers to the host's own 127.0.0.1 connections,
+// addressed to the gateway until conntrack undoes the masquerade, pass),
+// for every network, internal ones included. DNATed connections return
+// from ISOLATION-2 and -3 first; an internal network's drops sit in
+// ISOLATION-1, where that exemption does not reach.
+func TestLoopbackDropAndIsolationPlacement(t *testing.T) {
+	inNewNetns(t, func() {
+		fw, err := newFirewall()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.v4.Insert("raw", "PREROUTING", 1, "-j", "ACCEPT"); err != nil { // someone else's rule
+			t.Fatal(err)
+		}
+		if err := fw.setup(); err != nil {
+			t.Fatal(err)
+		}
+		open, internal := testNetwork(), testNetwork()
+		internal.ID = strings.Repeat("cd", 32)
+		internal.Options.Bridge, internal.Options.Internal = "vxb-int", true
+		for _, n := range []*Network{open, internal} {
+			if err := fw.ensure(networkRules(n), n.Options.IPv6); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := map[string][]string{
+			"raw PREROUTING": {"-P PREROUTING ACCEPT", "-A PREROUTING -j " + chainLoopback, "-A PREROUTING -j ACCEPT"},
+			"raw " + chainLoopback: {"-N " + chainLoopback,
+				`-A ` + chainLoopback + ` -d 127.0.0.0/8 -i vxb-test -m comment --comment "vxbridge:` + open.ID[:12] + `" -j DROP`,
+				`-A ` + chainLoopback + ` -d 127.0.0.0/8 -i vxb-int -m comment --comment "vxbridge:` + internal.ID[:12] + `" -j DROP`},
+		}
+		for _, c := range []string{chainIsolation2, chainIsolation3} {
+			want["filter "+c] = []string{"-N " + c, "-A " + c + " -m conntrack --ctstate DNAT -j RETURN"} // the first rules
+		}
+		for where, w := range want {
+			table, chain, _ := strings.Cut(where, " ")
+			got, err := fw.v4.List(table, chain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) > len(w) && strings.HasPrefix(chain, "VXBRIDGE-ISOLATION") {
+				got = got[:len(w)]
+			}
+			if !slices.Equal(got, w) {
+				t.Fatalf("%s is\n%s\nwant\n%s", where, strings.Join(got, "\n"), strings.Join(w, "\n"))
+			}
+		}
+		iso1, _ := fw.v4.List("filter", chainIsolation1)
+		for _, r := range []string{"-i vxb-int ! -o vxb-int", "! -i vxb-int -o vxb-int"} {
+			if !slices.Contains(iso1, "-A "+chainIsolation1+" "+r+` -m comment --comment "vxbridge:`+internal.ID[:12]+`" -j DROP`) {
+				t.Fatalf("no drop %q for the internal network in %s:\n%s", r, chainIsolation1, strings.Join(iso1, "\n"))
+			}
+		}
+		if l, _ := fw.v6.List("raw", chainLoopback); len(l) != 1 {
+			t.Fatalf("IPv6 has no route_localnet, so no loopback rules; got\n%s", strings.Join(l, "\n"))
+		}
+	})
+}
