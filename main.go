@@ -172,7 +172,7 @@ func serve(args []string) error {
 		l.Close()
 	}()
 	log.Info("serving", "socket", *socket, "state", *statePath)
-	if err := h.Serve(l); err != nil && ctx.Err() == nil {
+	if err := plugin.Serve(l, h); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	log.Info("stopped")

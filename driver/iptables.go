@@ -21,6 +21,7 @@ const (
 	chainIsolation3  = "VXBRIDGE-ISOLATION-3" // filter: …entering it from one of Docker's bridges: drop
 	chainDNAT        = "VXBRIDGE-DNAT"        // nat: published ports
 	chainPostrouting = "VXBRIDGE-POSTROUTING" // nat: masquerade
+	chainLoopback    = "VXBRIDGE-LOOPBACK"    // raw: what comes from our bridges for the host's 127.0.0.0/8: drop
 	dockerUser       = "DOCKER-USER"
 )
 
@@ -48,7 +49,7 @@ type fixedRule struct {
 
 var chains = []struct{ table, name string }{
 	{"filter", chainForward}, {"filter", chainIsolation1}, {"filter", chainIsolation2}, {"filter", chainIsolation3},
-	{"nat", chainDNAT}, {"nat", chainPostrouting},
+	{"nat", chainDNAT}, {"nat", chainPostrouting}, {"raw", chainLoopback},
 }
 
 // dockerBridges are the names of the bridges of Docker's own bridge driver
@@ -71,6 +72,14 @@ var fixed = slices.Concat([]fixedRule{
 	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
 	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
 	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, true}, top},
+	// A published port is public, as with Docker: a connection DNATed to
+	// it crosses isolation, both ways (conntrack marks both directions of
+	// a DNATed connection). Returning from ISOLATION-2 and -3 only, not
+	// from -1, leaves in force the drops -1 holds for internal networks.
+	{rule{"filter", chainIsolation2, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, false}, top},
+	{rule{"filter", chainIsolation3, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, false}, top},
+	// Packets as they arrive, before any NAT: see networkRules.
+	{rule{"raw", "PREROUTING", []string{"-j", chainLoopback}, true}, top},
 }, dockerIsolation())
 
 func dockerIsolation() []fixedRule {
@@ -198,12 +207,24 @@ func networkRules(n *Network) []rule {
 		{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", chainIsolation2}), false},
 		{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", chainIsolation3}), false},
 		{"filter", chainIsolation2, spec([]string{"-o", br}, t, []string{"-j", "DROP"}), false},
+		// The bridge has route_localnet (for ports published on
+		// 127.0.0.1), which would let a neighbour with a route to
+		// 127.0.0.1 through the gateway reach what the host serves on
+		// loopback, and the ports published there (CVE-2020-8558). So
+		// nothing that comes from the bridge for 127.0.0.0/8 goes on.
+		// This is decided before NAT, so the answers of the host's own
+		// connections to 127.0.0.1 ports (addressed to the gateway until
+		// conntrack undoes the masquerade) pass. Internal networks get it
+		// too: route_localnet may also be set host-wide.
+		{"raw", chainLoopback, spec([]string{"-i", br, "-d", "127.0.0.0/8"}, t, []string{"-j", "DROP"}), true},
 	}
 	if n.Options.Internal {
-		// No way out and no way in, whatever else the host allows.
+		// No way out and no way in, whatever else the host allows,
+		// published ports of other networks included: in ISOLATION-1,
+		// whose DNAT exemption (see fixed) does not apply to these.
 		return append(rs,
-			rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), false},
-			rule{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), false},
+			rule{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), false},
+			rule{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), false},
 		)
 	}
 	rs = append(rs,

@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/vxbridge/vxbridge/store"
 )
@@ -266,6 +269,104 @@ func TestRouteLocalnetSetOverNetlink(t *testing.T) {
 		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/vxb-test/route_localnet")
 		if err != nil || strings.TrimSpace(string(b)) != "1" {
 			t.Fatalf("route_localnet = %q, %v; want 1", b, err)
+		}
+	})
+}
+
+// A bridge holds 1023 ports; the endpoint that finds it full fails naming
+// the cause and leaves no veth behind.
+func TestFullBridgeLeavesNoVeth(t *testing.T) {
+	inNewNetns(t, func() {
+		n := testNetwork()
+		if err := ensureBridge(n); err != nil {
+			t.Fatal(err)
+		}
+		br, err := netlink.LinkByName(n.Options.Bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			la := netlink.NewLinkAttrs()
+			la.Name = fmt.Sprintf("port%d", i)
+			la.MasterIndex = br.Attrs().Index
+			port := &netlink.Veth{LinkAttrs: la, PeerName: fmt.Sprintf("peer%d", i)}
+			if err := netlink.LinkAdd(port); err != nil {
+				if !errors.Is(err, unix.EXFULL) {
+					t.Fatalf("port %d: %v", i, err)
+				}
+				netlink.LinkDel(port) // netlink leaves it, as it left our veths
+				break
+			}
+		}
+		ep := &Endpoint{ID: "e1", HostIf: "vxv-e1", PeerIf: "vxc-e1", MAC: macFor(netip.MustParsePrefix("10.9.0.2/24"))}
+		err = createVeth(ep, n.Options.Bridge, n.Options.MTU)
+		for _, name := range []string{ep.HostIf, ep.PeerIf} {
+			if linkExists(name) {
+				t.Fatalf("veth %s left behind by the failed endpoint (%v)", name, err)
+			}
+		}
+		if !errors.Is(err, unix.EXFULL) || !strings.Contains(err.Error(), "vxv-e1") || !strings.Contains(err.Error(), n.Options.Bridge) {
+			t.Fatalf("want an error naming the veth, the bridge and that it is full, got %v", err)
+		}
+	})
+}
+
+// What comes from a bridge for 127.0.0.0/8 is dropped in raw PREROUTING,
+// before NAT (so the answers to the host's own 127.0.0.1 connections,
+// addressed to the gateway until conntrack undoes the masquerade, pass),
+// for every network, internal ones included. DNATed connections return
+// from ISOLATION-2 and -3 first; an internal network's drops sit in
+// ISOLATION-1, where that exemption does not reach.
+func TestLoopbackDropAndIsolationPlacement(t *testing.T) {
+	inNewNetns(t, func() {
+		fw, err := newFirewall()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.v4.Insert("raw", "PREROUTING", 1, "-j", "ACCEPT"); err != nil { // someone else's rule
+			t.Fatal(err)
+		}
+		if err := fw.setup(); err != nil {
+			t.Fatal(err)
+		}
+		open, internal := testNetwork(), testNetwork()
+		internal.ID = strings.Repeat("cd", 32)
+		internal.Options.Bridge, internal.Options.Internal = "vxb-int", true
+		for _, n := range []*Network{open, internal} {
+			if err := fw.ensure(networkRules(n), n.Options.IPv6); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := map[string][]string{
+			"raw PREROUTING": {"-P PREROUTING ACCEPT", "-A PREROUTING -j " + chainLoopback, "-A PREROUTING -j ACCEPT"},
+			"raw " + chainLoopback: {"-N " + chainLoopback,
+				`-A ` + chainLoopback + ` -d 127.0.0.0/8 -i vxb-test -m comment --comment "vxbridge:` + open.ID[:12] + `" -j DROP`,
+				`-A ` + chainLoopback + ` -d 127.0.0.0/8 -i vxb-int -m comment --comment "vxbridge:` + internal.ID[:12] + `" -j DROP`},
+		}
+		for _, c := range []string{chainIsolation2, chainIsolation3} {
+			want["filter "+c] = []string{"-N " + c, "-A " + c + " -m conntrack --ctstate DNAT -j RETURN"} // the first rules
+		}
+		for where, w := range want {
+			table, chain, _ := strings.Cut(where, " ")
+			got, err := fw.v4.List(table, chain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) > len(w) && strings.HasPrefix(chain, "VXBRIDGE-ISOLATION") {
+				got = got[:len(w)]
+			}
+			if !slices.Equal(got, w) {
+				t.Fatalf("%s is\n%s\nwant\n%s", where, strings.Join(got, "\n"), strings.Join(w, "\n"))
+			}
+		}
+		iso1, _ := fw.v4.List("filter", chainIsolation1)
+		for _, r := range []string{"-i vxb-int ! -o vxb-int", "! -i vxb-int -o vxb-int"} {
+			if !slices.Contains(iso1, "-A "+chainIsolation1+" "+r+` -m comment --comment "vxbridge:`+internal.ID[:12]+`" -j DROP`) {
+				t.Fatalf("no drop %q for the internal network in %s:\n%s", r, chainIsolation1, strings.Join(iso1, "\n"))
+			}
+		}
+		if l, _ := fw.v6.List("raw", chainLoopback); len(l) != 1 {
+			t.Fatalf("IPv6 has no route_localnet, so no loopback rules; got\n%s", strings.Join(l, "\n"))
 		}
 	})
 }

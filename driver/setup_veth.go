@@ -22,10 +22,16 @@ func createVeth(ep *Endpoint, bridge string, mtu int) error {
 	la := netlink.NewLinkAttrs()
 	la.Name = ep.HostIf
 	la.MTU = mtu
-	la.MasterIndex = br.Attrs().Index
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: ep.PeerIf, PeerHardwareAddr: mac, PeerMTU: uint32(mtu)}
+	// Enslaved as a step of its own: netlink's LinkAdd with a MasterIndex
+	// leaves the pair behind when that fails (a bridge is full at 1023
+	// ports), and a failed endpoint must leave nothing.
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", ep.HostIf, err)
+	}
+	if err := netlink.LinkSetMaster(veth, br); err != nil {
+		deleteLink("veth", ep.HostIf)
+		return fmt.Errorf("attach veth %s to bridge %s: %w", ep.HostIf, bridge, err)
 	}
 	// Hairpin lets a container reach its own published port through the
 	// host address: DNAT sends the packet back out the port it came in by.

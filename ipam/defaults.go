@@ -38,8 +38,8 @@ func checkDefaults(list []DefaultPool, v6 bool) error {
 		if d.Base.Addr().Is6() != v6 || d.Base.Addr().Is4In6() {
 			return fmt.Errorf("default %s pool %v: wrong address family", family(v6), d)
 		}
-		if d.Size < d.Base.Bits() || d.Size > d.Base.Addr().BitLen() {
-			return fmt.Errorf("default %s pool %v: size must be between /%d and /%d", family(v6), d, d.Base.Bits(), d.Base.Addr().BitLen())
+		if d.Size < d.Base.Bits() || d.Size > longestPool(v6) {
+			return fmt.Errorf("default %s pool %v: size must be between /%d and /%d", family(v6), d, d.Base.Bits(), longestPool(v6))
 		}
 		if start := netip.PrefixFrom(d.Base.Addr(), d.Size); start != start.Masked() {
 			return fmt.Errorf("default %s pool %v: start %s is not aligned to /%d", family(v6), d, d.Base.Addr(), d.Size)

@@ -179,6 +179,11 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		if rec.Prefix.Addr().Is6() != req.V6 {
 			return nil, fmt.Errorf("pool %s is not an %s pool", rec.Prefix, family(req.V6))
 		}
+		// dockerd would create the network, and every container on it
+		// would then fail: refuse at once, saying what fits.
+		if longest := longestPool(req.V6); rec.Prefix.Bits() > longest {
+			return nil, fmt.Errorf("pool %s is too small: a network needs a gateway and at least one container address, so an %s pool must be /%d or larger", rec.Prefix, family(req.V6), longest)
+		}
 	}
 	if req.SubPool != "" {
 		if !explicit {

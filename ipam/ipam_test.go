@@ -29,8 +29,9 @@ func TestNewConfig(t *testing.T) {
 		{"v6 in v4 list", Config{Spaces: both, DefaultV4: []DefaultPool{{netip.MustParsePrefix("fd00::/8"), 64}}}, "wrong address family"},
 		{"unaligned start", Config{Spaces: both, DefaultV4: []DefaultPool{{netip.MustParsePrefix("10.0.1.0/8"), 16}}}, "start 10.0.1.0 is not aligned to /16"},
 		{"aligned start", Config{Spaces: both, DefaultV4: []DefaultPool{{netip.MustParsePrefix("10.7.0.0/8"), 16}}}, ""},
-		{"size too small", Config{Spaces: both, DefaultV4: []DefaultPool{{netip.MustParsePrefix("10.0.0.0/8"), 4}}}, "size must be between /8 and /32"},
+		{"size too small", Config{Spaces: both, DefaultV4: []DefaultPool{{netip.MustParsePrefix("10.0.0.0/8"), 4}}}, "size must be between /8 and /30"},
 		{"size too big", Config{Spaces: both, DefaultV6: []DefaultPool{{netip.MustParsePrefix("fd00::/8"), 129}}}, "size must be between"},
+		{"pools too small", Config{Spaces: both, DefaultV6: []DefaultPool{{netip.MustParsePrefix("fd00::/8"), 127}}}, "size must be between /8 and /126"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -154,6 +155,16 @@ func TestExplicitPools(t *testing.T) {
 		{"subpool = pool", nil, api.RequestPoolRequest{Pool: "10.1.0.0/24", SubPool: "10.1.0.0/24"}, "10.1.0.0/24", ""},
 		{"global space", []string{"10.2.0.0/16"}, api.RequestPoolRequest{AddressSpace: GlobalSpace, Pool: "10.1.0.0/16"}, "10.1.0.0/16", ""},
 		{"ipv6", nil, api.RequestPoolRequest{Pool: "fd00:1::/64", V6: true}, "fd00:1::/64", ""},
+		{"smallest ipv4", nil, api.RequestPoolRequest{Pool: "10.1.0.4/30"}, "10.1.0.4/30", ""},
+		{"smallest ipv6", nil, api.RequestPoolRequest{Pool: "fd00:1::/126", V6: true}, "fd00:1::/126", ""},
+		{"ipv4 /31", nil, api.RequestPoolRequest{Pool: "10.1.0.0/31"}, "",
+			"pool 10.1.0.0/31 is too small: a network needs a gateway and at least one container address, so an IPv4 pool must be /30 or larger"},
+		{"ipv4 /32", nil, api.RequestPoolRequest{Pool: "10.1.0.9/32"}, "",
+			"pool 10.1.0.9/32 is too small: a network needs a gateway and at least one container address, so an IPv4 pool must be /30 or larger"},
+		{"ipv6 /127", nil, api.RequestPoolRequest{Pool: "fd00:1::/127", V6: true}, "",
+			"pool fd00:1::/127 is too small: a network needs a gateway and at least one container address, so an IPv6 pool must be /126 or larger"},
+		{"ipv6 /128", nil, api.RequestPoolRequest{Pool: "fd00:1::1/128", V6: true}, "",
+			"pool fd00:1::1/128 is too small: a network needs a gateway and at least one container address, so an IPv6 pool must be /126 or larger"},
 		{"bigger over smaller", []string{"10.1.0.0/24"}, api.RequestPoolRequest{Pool: "10.1.0.0/16"}, "",
 			"pool 10.1.0.0/16 overlaps pool 10.1.0.0/24 already in use"},
 		{"smaller inside bigger", []string{"10.1.0.0/16"}, api.RequestPoolRequest{Pool: "10.1.7.0/24"}, "",
@@ -234,7 +245,8 @@ func TestGateway(t *testing.T) {
 		{"of pool, not subpool", "10.1.0.0/24", "10.1.0.128/25", nil, "10.1.0.1/24", "10.1.0.128/24"},
 		{"taken: next free", "10.1.0.0/24", "", []string{"10.1.0.1", "10.1.0.2"}, "10.1.0.3/24", "10.1.0.4/24"},
 		{"ipv6 skips anycast", "fd00:1::/64", "", nil, "fd00:1::1/64", "fd00:1::2/64"},
-		{"/31 has no network address", "10.1.0.0/31", "", nil, "10.1.0.0/31", "10.1.0.1/31"},
+		{"/30: one container beside it", "10.1.0.0/30", "", nil, "10.1.0.1/30", "10.1.0.2/30"},
+		{"/126: one container beside it", "fd00::/126", "", nil, "fd00::1/126", "fd00::2/126"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -269,10 +281,6 @@ func TestSpecificAddress(t *testing.T) {
 		{"broadcast", "10.1.0.0/24", "10.1.0.255", "", "address 10.1.0.255 is the broadcast address of pool 10.1.0.0/24"},
 		{"v6 anycast", "fd00:1::/64", "fd00:1::", "", "address fd00:1:: is the subnet-router anycast address of pool fd00:1::/64"},
 		{"v6 last is fine", "fd00:1::/64", "fd00:1::ffff:ffff:ffff:ffff", "fd00:1::ffff:ffff:ffff:ffff/64", ""},
-		{"/32", "10.1.0.9/32", "10.1.0.9", "10.1.0.9/32", ""},
-		{"/31 network ok", "10.1.0.0/31", "10.1.0.0", "10.1.0.0/31", ""},
-		{"/31 broadcast ok", "10.1.0.0/31", "10.1.0.1", "10.1.0.1/31", ""},
-		{"/127 anycast ok", "fd00::/127", "fd00::", "fd00::/127", ""},
 		{"malformed", "10.1.0.0/24", "10.1.0", "", `invalid address "10.1.0": ParseAddr("10.1.0"): IPv4 address too short`},
 		{"zone", "fd00:1::/64", "fd00:1::1%eth0", "", `invalid address "fd00:1::1%eth0": zones are not allowed`},
 	}

@@ -92,13 +92,18 @@ func decodePool(key string, b []byte) (*Pool, error) {
 	return &p, nil
 }
 
-// reservedReason says why a is never handed out, or "" if it may be.
-// IPv4 /31 and /32 (RFC 3021) and IPv6 /127 and /128 (RFC 6164) have no
-// reserved addresses: every address is a host.
-func (p *Pool) reservedReason(a netip.Addr) string {
-	if p.Prefix.Bits() >= p.Prefix.Addr().BitLen()-1 {
-		return ""
+// longestPool is the longest prefix a pool may have: one that holds a
+// gateway and at least one container besides its reserved addresses (see
+// reservedReason), an IPv4 /30 or an IPv6 /126.
+func longestPool(v6 bool) int {
+	if v6 {
+		return 126
 	}
+	return 30
+}
+
+// reservedReason says why a is never handed out, or "" if it may be.
+func (p *Pool) reservedReason(a netip.Addr) string {
 	switch {
 	case a == p.Prefix.Addr() && p.V6:
 		return "subnet-router anycast address"

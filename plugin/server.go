@@ -1,7 +1,7 @@
 // Package plugin serves vxbridge's NetworkDriver and IpamDriver on one unix
 // socket, as a managed plugin needs: go-plugins-helpers' network and ipam
 // handlers each announce only their own type, so the routes are registered
-// here on one sdk.Handler whose manifest names both.
+// here on one mux whose manifest names both.
 package plugin
 
 import (
@@ -31,9 +31,14 @@ const (
 
 // NewHandler routes every protocol call to d and a, and each of vxbridge's
 // own paths to its function in own.
-func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]func() (any, error), log *slog.Logger) sdk.Handler {
-	h := sdk.NewHandler(manifest)
-	r := router{h: h, log: log}
+func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]func() (any, error), log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	// dockerd's handshake: which protocols this socket serves.
+	mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
+		fmt.Fprintln(w, manifest)
+	})
+	r := router{mux: mux, log: log}
 
 	route(r, "/NetworkDriver.GetCapabilities", noRequest(d.GetCapabilities))
 	route(r, "/NetworkDriver.CreateNetwork", noResult(d.CreateNetwork))
@@ -63,11 +68,11 @@ func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]func() (any, err
 			return &v, err
 		})
 	}
-	return h
+	return mux
 }
 
 type router struct {
-	h   sdk.Handler
+	mux *http.ServeMux
 	log *slog.Logger
 }
 
@@ -78,7 +83,7 @@ type empty struct{}
 // encode its result or {"Err": …}. A panic becomes an error answer, never a
 // dead connection.
 func route[Req, Res any](r router, path string, fn func(*Req) (*Res, error)) {
-	r.h.HandleFunc(path, func(w http.ResponseWriter, hr *http.Request) {
+	r.mux.HandleFunc(path, func(w http.ResponseWriter, hr *http.Request) {
 		start := time.Now()
 		var err error
 		defer func() {

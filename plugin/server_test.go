@@ -166,6 +166,22 @@ var routes = []struct{ path, body, call string }{
 // temporary directory and returns a client that talks to it.
 func startServer(tb testing.TB, f *fake) *http.Client {
 	tb.Helper()
+	sock := listen(tb, f, defaultTimeouts)
+	c := &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	tb.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+// listen serves NewHandler, wired to f, with the timeouts t on a unix
+// socket in a fresh temporary directory, and returns the socket's path.
+func listen(tb testing.TB, f *fake, t timeouts) string {
+	tb.Helper()
 	sock := filepath.Join(tb.TempDir(), "vxbridge.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -177,21 +193,12 @@ func startServer(tb testing.TB, f *fake) *http.Client {
 	}
 	h := NewHandler(fakeNet{f}, fakeIpam{f}, own, slog.New(slog.DiscardHandler))
 	done := make(chan error, 1)
-	go func() { done <- h.Serve(l) }()
-
-	c := &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}},
-	}
+	go func() { done <- serve(l, h, t) }()
 	tb.Cleanup(func() {
-		c.CloseIdleConnections()
 		l.Close()
 		<-done
 	})
-	return c
+	return sock
 }
 
 // post sends one call as dockerd does and returns the status and body.
