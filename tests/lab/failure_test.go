@@ -161,25 +161,29 @@ func TestUpOverlayConsulDown(t *testing.T) {
 // mustState is `vxbridge state` of host h's plugin, read through its socket.
 func mustState(t *testing.T, h host) string {
 	t.Helper()
-	socks, _ := filepath.Glob(filepath.Join(h.dir, "run-docker", "plugins", "*", "vxbridge.sock"))
-	if len(socks) != 1 {
-		t.Fatalf("host %s: plugin sockets %v", h.name, socks)
-	}
-	// The path is longer than a unix socket address may be: dial a link.
-	link := filepath.Join(t.TempDir(), "p.sock")
-	if len(link) > 100 {
-		link = filepath.Join("/tmp", "vxlab-"+h.name+".sock")
-		t.Cleanup(func() { os.Remove(link) })
-	}
-	os.Remove(link)
-	if err := os.Symlink(socks[0], link); err != nil {
-		t.Fatal(err)
-	}
-	out, err := run("../../bin/vxbridge", "state", "--socket", link)
+	out, err := run("../../bin/vxbridge", "state", "--socket", pluginSocket(t, h))
 	if err != nil {
 		t.Fatalf("host %s: vxbridge state: %v %s", h.name, err, out)
 	}
 	return out
+}
+
+// pluginSocket is a path to host h's plugin socket short enough to dial
+// (the real one is longer than a unix socket address may be).
+func pluginSocket(t *testing.T, h host) string {
+	t.Helper()
+	var socks []string
+	waitUntil(t, 30*time.Second, "host "+h.name+"'s plugin socket", func() bool {
+		socks, _ = filepath.Glob(filepath.Join(h.dir, "run-docker", "plugins", "*", "vxbridge.sock"))
+		return len(socks) == 1
+	})
+	link := filepath.Join("/tmp", "vxlab-"+h.name+".sock")
+	os.Remove(link)
+	if err := os.Symlink(socks[0], link); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(link) })
+	return link
 }
 
 // The plugin on B killed (-9) while A pings B's container: dockerd
@@ -222,4 +226,99 @@ func TestUpOverlayPluginKillLosesNoPacket(t *testing.T) {
 	if !a.fdbHas(macB) {
 		t.Error("B's endpoint left A's table across B's plugin restart")
 	}
+}
+
+// The Consul leader killed: the other servers elect a new one, and an
+// overlay `docker run` on a host whose agent lives works again within
+// seconds, nothing lost.
+func TestUpOverlayLeaderKilled(t *testing.T) {
+	needLab(t)
+	const nw = "ovlead"
+	overlay(t, hosts[0], nw, "--subnet", "10.217.0.0/24")
+	for _, h := range hosts[1:] {
+		waitUntil(t, 10*time.Second, "overlay on host "+h.name, func() bool { return h.hasNetwork(nw) })
+	}
+	var leader string
+	hosts[0].getJSON(t, "http://127.0.0.1:8500/v1/status/leader", &leader)
+	var dead host
+	for _, h := range hosts {
+		if strings.HasPrefix(leader, h.underlay.String()+":") {
+			dead = h
+		}
+	}
+	if dead.name == "" {
+		t.Fatalf("leader %q is none of the lab hosts", leader)
+	}
+	var alive []host
+	for _, h := range hosts {
+		if h.name != dead.name {
+			alive = append(alive, h)
+		}
+	}
+	// A container on each surviving host before the loss.
+	for _, h := range alive {
+		name := "lead" + strings.ToLower(h.name)
+		h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
+		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+	}
+	t.Cleanup(func() { repairLab(t) })
+	b, err := os.ReadFile(filepath.Join(dead.dir, "consul.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	syscall.Kill(pid, syscall.SIGKILL)
+	h := alive[0]
+	took := waitUntil(t, 60*time.Second, "an overlay docker run on host "+h.name+" after the leader's loss", func() bool {
+		_, err := run("docker", "-H", h.dockerHost, "run", "-d", "--name", "leadafter", "--network", nw, image, "sleep", "600")
+		if err != nil {
+			run("docker", "-H", h.dockerHost, "rm", "-f", "leadafter")
+		}
+		return err == nil
+	})
+	t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", "leadafter") })
+	t.Logf("leader %s (host %s) killed: an overlay docker run on host %s worked again after %v", leader, dead.name, h.name, took)
+	other := alive[1]
+	if !other.canPing("lead"+strings.ToLower(other.name), h.ipOf(t, "leadafter", nw)) {
+		t.Error("the container started after the leader's loss is not reachable from the other surviving host")
+	}
+}
+
+// A container removed on B while B's plugin was down: once the plugin is
+// back, reconciliation frees its cluster address and its endpoint leaves
+// the other hosts' tables.
+func TestUpOverlayReconcileAfterPluginDown(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw = "ovrec"
+	overlay(t, a, nw, "--subnet", "10.218.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
+	a.docker(t, "run", "-d", "--name", "reca", "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "reca") })
+	b.docker(t, "run", "-d", "--name", "recb", "--network", nw, image, "sleep", "600")
+	ipB, macB := b.ipOf(t, "recb", nw), b.macOf(t, "recb", nw)
+	if !a.fdbHas(macB) {
+		t.Fatal("B's endpoint not on A")
+	}
+	b.docker(t, "plugin", "disable", "-f", driver)
+	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "plugin", "enable", driver) })
+	// dockerd retries the teardown for ~15 s, then gives up on the plugin.
+	run("docker", "-H", b.dockerHost, "rm", "-f", "recb")
+	b.docker(t, "plugin", "enable", driver)
+	out := mustReconcile(t, b)
+	t.Logf("vxbridge reconcile on B: %s", out)
+	if st := mustState(t, b); strings.Contains(st, `"`+ipB+`"`) {
+		t.Errorf("B's pool still holds %s after reconciliation:\n%s", ipB, st)
+	}
+	waitUntil(t, 10*time.Second, "B's removed endpoint to leave A's table", func() bool { return !a.fdbHas(macB) })
+}
+
+// mustReconcile runs `vxbridge reconcile` against host h's plugin.
+func mustReconcile(t *testing.T, h host) string {
+	t.Helper()
+	out, err := run("../../bin/vxbridge", "reconcile", "--socket", pluginSocket(t, h))
+	if err != nil {
+		t.Fatalf("host %s: vxbridge reconcile: %v %s", h.name, err, out)
+	}
+	return out
 }
