@@ -41,6 +41,8 @@ func TestBadInputFailsClearlyAndLeavesNothing(t *testing.T) {
 		{"bad ICC", []string{"network", "create", "-d", driverName, "-o", "com.docker.network.bridge.enable_icc=maybe", name(t, "bad")}, `invalid com.docker.network.bridge.enable_icc`},
 		{"overlapping subnet", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--subnet", "10.232.5.0/24", name(t, "bad")}, "overlaps pool 10.232.0.0/16 already in use"},
 		{"subnet over a host route", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--subnet", "172.17.0.0/24", name(t, "bad")}, "172.17.0.0/16"},
+		{"subnet too small", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--subnet", "10.239.0.0/31", name(t, "bad")}, "pool 10.239.0.0/31 is too small"},
+		{"IPv6 subnet too small", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--ipv6", "--subnet", "fd7a:e2e::1/128", name(t, "bad")}, "IPv6 pool must be /126 or larger"},
 		{"unknown IPAM option", []string{"network", "create", "-d", driverName, "--ipam-driver", driverName, "--ipam-opt", "colour=blue", name(t, "bad")}, `"colour"`},
 		{"duplicate --ip", []string{"run", "-d", "--name", name(t, "dup"), "--network", base, "--ip", "10.232.0.5", image, "sleep", "60"}, "already allocated"},
 		{"--ip outside the subnet", []string{"run", "-d", "--name", name(t, "out"), "--network", base, "--ip", "10.99.0.5", image, "sleep", "60"}, "10.99.0.5"},

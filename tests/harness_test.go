@@ -75,6 +75,8 @@ func setup() (int, error) {
 func clearLeftovers() {
 	run("ip", "netns", "del", worldNS)
 	run("ip", "link", "del", worldHostIf)
+	run("ip", "netns", "del", neighbourNS)
+	run("ip", "link", "del", neighbourHostIf)
 	if out, _ := run("docker", "ps", "-aq", "--filter", "name="+prefix); strings.TrimSpace(out) != "" {
 		run(append([]string{"docker", "rm", "-f"}, strings.Fields(out)...)...)
 	}

@@ -309,3 +309,35 @@ func mustRun(t *testing.T, args ...string) string {
 	}
 	return out
 }
+
+// A published port is public, as with Docker: containers of other
+// networks reach it through the host's address (vxbridge and Docker's
+// bridge, both ways), while isolation still keeps them from the
+// containers' own addresses, and an internal network from everything.
+func TestPublishedPortsReachableFromOtherNetworks(t *testing.T) {
+	world(t)
+	na, _ := network(t, "-d", driverName, name(t, "pa"))
+	nb, _ := network(t, "-d", driverName, name(t, "pb"))
+	ni, _ := network(t, "-d", driverName, "--internal", "--ipam-driver", driverName,
+		"--subnet", "10.238.0.0/24", "--gateway", "10.238.0.1", name(t, "pi"))
+	web := server(t, name(t, "web"), "--network", nb, "-p", "18132:80", "-p", "18133:53/udp")
+	own := server(t, name(t, "own"), "-p", "18134:80") // on Docker's docker0
+	a := server(t, name(t, "a"), "--network", na)      // clients, with /udpecho
+	d := server(t, name(t, "d"))                       // on docker0
+	i := server(t, name(t, "i"), "--network", ni)
+
+	for c, from := range map[string]string{a: "another vxbridge network", d: "Docker's bridge"} {
+		mustGet(t, inContainer(c), from, hostIP, "18132", web)
+		if got := udpAsk(inContainer(c), "/udpecho", hostIP+":18133"); got != "echo:ping" {
+			t.Fatalf("UDP %s:18133 from %s: got %q", hostIP, from, got)
+		}
+		mustNotGet(t, inContainer(c), from, ipOf(t, web, nb).String(), "80") // still isolated
+	}
+	mustGet(t, inContainer(a), "a vxbridge network", hostIP, "18134", own)
+
+	// The internal network's only way to the host is its bridge's address.
+	mustNotGet(t, inContainer(i), "an internal network", "10.238.0.1", "18132")
+	if got := udpAsk(inContainer(i), "/udpecho", "10.238.0.1:18133"); got != "" {
+		t.Fatalf("UDP 10.238.0.1:18133 from an internal network answered %q", got)
+	}
+}
