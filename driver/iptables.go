@@ -259,6 +259,21 @@ func portRules(n *Network, ep *Endpoint, b PortBinding) []rule {
 	}
 }
 
+// legacyRules are rules an earlier version gave a network and this one
+// does not: an internal network's drops lived in VXBRIDGE-FORWARD. Repair
+// removes them, else the chains' counts never match and every pass
+// re-asserts everything.
+func legacyRules(n *Network) []rule {
+	if !n.Options.Internal {
+		return nil
+	}
+	br, t := n.Options.Bridge, tag(short(n.ID, 12))
+	return []rule{
+		{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), false},
+		{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), false},
+	}
+}
+
 // ruleSet is rules of one owner, with whether they apply to IPv6 too.
 type ruleSet struct {
 	rules []rule

@@ -157,6 +157,13 @@ func (d *Driver) Repair(claims *Claims) (Repairs, error) {
 	if intact, err := d.fw.intact(want, wantTags); err != nil {
 		return rep, err
 	} else if !intact {
+		for _, n := range nets {
+			if broken[n.ID] == "" {
+				if err := d.fw.remove(legacyRules(n), n.Options.IPv6); err != nil {
+					return rep, err
+				}
+			}
+		}
 		for _, rs := range want {
 			if err := d.fw.ensure(rs.rules, rs.ipv6); err != nil {
 				return rep, err

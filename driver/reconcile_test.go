@@ -307,3 +307,35 @@ func TestRequestValidation(t *testing.T) {
 		}
 	})
 }
+
+// An internal network upgraded from a version that kept its drops in
+// VXBRIDGE-FORWARD: one repair removes them, and the next finds the
+// chains intact.
+func TestRepairRemovesLegacyInternalRules(t *testing.T) {
+	inNewNetns(t, func() {
+		d := newTestDriver(t)
+		nid := strings.Repeat("9", 64)
+		if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, Options: map[string]interface{}{keyInternal: true},
+			IPv4Data: []*api.IPAMData{{Gateway: "10.80.0.1/24"}}}); err != nil {
+			t.Fatal(err)
+		}
+		n, err := load[Network](d.store, networkKey(nid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.fw.ensure(legacyRules(n), false); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := d.Repair(&Claims{}); err != nil || !rep.RulesRestored {
+			t.Fatalf("first repair: %+v, %v", rep, err)
+		}
+		for _, r := range legacyRules(n) {
+			if ok, _ := d.fw.v4.Exists(r.table, r.chain, r.spec...); ok {
+				t.Fatalf("legacy rule %v still there", r.spec)
+			}
+		}
+		if rep, err := d.Repair(&Claims{}); err != nil || rep.RulesRestored {
+			t.Fatalf("second repair still re-asserts rules: %+v, %v", rep, err)
+		}
+	})
+}
