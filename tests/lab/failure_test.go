@@ -51,14 +51,9 @@ func TestUpOverlayHostCutOff(t *testing.T) {
 	for _, h := range []host{b, c} {
 		waitUntil(t, 10*time.Second, "overlay on host "+h.name, func() bool { return h.hasNetwork(nw) })
 	}
-	start := func(h host, name string) string {
-		h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
-		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
-		return h.ipOf(t, name, nw)
-	}
-	start(a, "cuta")
-	ipB := start(b, "cutb")
-	ipC := start(c, "cutc")
+	a.container(t, "cuta", nw)
+	ipB := b.container(t, "cutb", nw)
+	ipC := c.container(t, "cutc", nw)
 	macB := b.macOf(t, "cutb", nw)
 	if !a.canPing("cuta", ipB) || !a.canPing("cuta", ipC) {
 		t.Fatal("no traffic before the cut")
@@ -80,7 +75,7 @@ func TestUpOverlayHostCutOff(t *testing.T) {
 	// B's addresses stay reserved: new containers on A never get one of
 	// B's block.
 	for i := 0; i < 3; i++ {
-		ip := start(a, "cutnew"+strconv.Itoa(i))
+		ip := a.container(t, "cutnew"+strconv.Itoa(i), nw)
 		if ip == ipB {
 			t.Errorf("B's address %s handed out on A while B was cut off", ipB)
 		}
@@ -105,15 +100,10 @@ func TestUpOverlayConsulDown(t *testing.T) {
 	local := "vxlabt-local-" + strconv.Itoa(os.Getpid())
 	a.docker(t, "network", "create", "-d", driver, local)
 	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "network", "rm", local) })
-	for _, x := range []struct {
-		h         host
-		name, net string
-	}{{a, "csa", nw}, {c, "csc", nw}, {a, "csl1", local}, {a, "csl2", local}} {
-		x.h.docker(t, "run", "-d", "--name", x.name, "--network", x.net, image, "sleep", "600")
-		name, h := x.name, x.h
-		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
-	}
-	ipC := c.ipOf(t, "csc", nw)
+	a.container(t, "csa", nw)
+	ipC := c.container(t, "csc", nw)
+	a.container(t, "csl1", local)
+	a.container(t, "csl2", local)
 
 	t.Cleanup(func() { repairLab(t) })
 	for _, h := range hosts {
@@ -194,11 +184,8 @@ func TestUpOverlayPluginKillLosesNoPacket(t *testing.T) {
 	const nw = "ovkill"
 	overlay(t, a, nw, "--subnet", "10.216.0.0/24")
 	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
-	a.docker(t, "run", "-d", "--name", "kla", "--network", nw, image, "sleep", "600")
-	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "kla") })
-	b.docker(t, "run", "-d", "--name", "klb", "--network", nw, image, "sleep", "600")
-	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "rm", "-f", "klb") })
-	ipB := b.ipOf(t, "klb", nw)
+	a.container(t, "kla", nw)
+	ipB := b.container(t, "klb", nw)
 	macB := b.macOf(t, "klb", nw)
 
 	done := make(chan string, 1)
@@ -257,9 +244,7 @@ func TestUpOverlayLeaderKilled(t *testing.T) {
 	}
 	// A container on each surviving host before the loss.
 	for _, h := range alive {
-		name := "lead" + strings.ToLower(h.name)
-		h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
-		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+		h.container(t, "lead"+strings.ToLower(h.name), nw)
 	}
 	t.Cleanup(func() { repairLab(t) })
 	b, err := os.ReadFile(filepath.Join(dead.dir, "consul.pid"))
@@ -293,10 +278,8 @@ func TestUpOverlayReconcileAfterPluginDown(t *testing.T) {
 	const nw = "ovrec"
 	overlay(t, a, nw, "--subnet", "10.218.0.0/24")
 	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
-	a.docker(t, "run", "-d", "--name", "reca", "--network", nw, image, "sleep", "600")
-	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "reca") })
-	b.docker(t, "run", "-d", "--name", "recb", "--network", nw, image, "sleep", "600")
-	ipB, macB := b.ipOf(t, "recb", nw), b.macOf(t, "recb", nw)
+	a.container(t, "reca", nw)
+	ipB, macB := b.container(t, "recb", nw), b.macOf(t, "recb", nw)
 	if !a.fdbHas(macB) {
 		t.Fatal("B's endpoint not on A")
 	}

@@ -38,6 +38,15 @@ func (h host) ipOf(t *testing.T, c, nw string) string {
 	return h.docker(t, "inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).IPAddress}}`, nw), c)
 }
 
+// container starts a sleeping container on network nw of host h, removed
+// when the test ends, and returns its address there.
+func (h host) container(t *testing.T, name, nw string) string {
+	t.Helper()
+	h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+	return h.ipOf(t, name, nw)
+}
+
 func (h host) canPing(c, addr string) bool {
 	_, err := run("docker", "-H", h.dockerHost, "exec", c, "ping", "-c", "1", "-W", "1", addr)
 	return err == nil
@@ -76,15 +85,11 @@ func TestUpOverlayAcrossHosts(t *testing.T) {
 		took := waitUntil(t, 10*time.Second, "overlay "+nw+" on host "+h.name, func() bool { return h.hasNetwork(nw) })
 		t.Logf("overlay created on A appeared on host %s after %v", h.name, took)
 	}
-	run1 := func(h host, name string, cmd ...string) string {
-		args := append([]string{"run", "-d", "--name", name, "--network", nw, image}, cmd...)
-		h.docker(t, args...)
-		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
-		return h.ipOf(t, name, nw)
-	}
-	ipA := run1(a, "ova", "sleep", "600")
-	ipB := run1(b, "ovb", "nc", "-ll", "-p", "3306", "-e", "echo", "mysql-on-b")
-	ipC := run1(c, "ovc", "sleep", "600")
+	ipA := a.container(t, "ova", nw)
+	b.docker(t, "run", "-d", "--name", "ovb", "--network", nw, image, "nc", "-ll", "-p", "3306", "-e", "echo", "mysql-on-b")
+	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "rm", "-f", "ovb") })
+	ipB := b.ipOf(t, "ovb", nw)
+	ipC := c.container(t, "ovc", nw)
 	if ipA == ipB || ipB == ipC || ipA == ipC {
 		t.Fatalf("addresses across hosts are not distinct: %s %s %s", ipA, ipB, ipC)
 	}
@@ -109,7 +114,7 @@ func TestUpOverlayAcrossHosts(t *testing.T) {
 	// right after `docker run -d` returns.
 	for i := 0; i < 5; i++ {
 		name := fmt.Sprintf("ovfirst%d", i)
-		ip := run1(b, name, "sleep", "600")
+		ip := b.container(t, name, nw)
 		if !a.canPing("ova", ip) {
 			t.Errorf("run %d: %s (%s) on B not reachable from A right after docker run returned", i, name, ip)
 		}
