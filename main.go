@@ -127,8 +127,9 @@ func serve(args []string) error {
 	}
 	name := strings.TrimSuffix(filepath.Base(*socket), ".sock")
 	rec := reconcile.New(drv, alloc, reconcile.NewDocker(*dockerSocket), name, log)
+	ovs := rec.NewOverlays(host)
 	h := plugin.NewHandler(drv, alloc, map[string]func() (any, error){
-		plugin.StatePath:     func() (any, error) { return snapshot(drv, alloc) },
+		plugin.StatePath:     func() (any, error) { return snapshot(drv, alloc, ovs) },
 		plugin.ReconcilePath: func() (any, error) { return rec.Now(context.Background(), onDemandGrace), nil },
 	}, log)
 
@@ -139,7 +140,7 @@ func serve(args []string) error {
 		// answers; the rest retries in the background.
 		joined := make(chan struct{})
 		go func() {
-			joinCluster(ctx, log, cs, st, host, drv, alloc, rec)
+			joinCluster(ctx, log, cs, st, host, drv, alloc, ovs)
 			close(joined)
 		}()
 		select {
@@ -195,15 +196,18 @@ func envDuration(key string, def time.Duration) time.Duration {
 type Snapshot struct {
 	driver.State
 	Pools []ipam.Pool
+	// OverlayConflicts: the cluster's overlays that have no instance on
+	// this host, and why (a name taken here by another network, …).
+	OverlayConflicts map[string]string `json:",omitempty"`
 }
 
-func snapshot(d *driver.Driver, a *ipam.Allocator) (any, error) {
+func snapshot(d *driver.Driver, a *ipam.Allocator, ovs *reconcile.Overlays) (any, error) {
 	s, err := d.State()
 	if err != nil {
 		return nil, err
 	}
 	pools, err := a.Pools()
-	return Snapshot{State: s, Pools: pools}, err
+	return Snapshot{State: s, Pools: pools, OverlayConflicts: ovs.Conflicts()}, err
 }
 
 func state(args []string) error {

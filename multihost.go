@@ -48,7 +48,7 @@ func hostName() string {
 // and starts the watches. Until Consul answers it retries in the
 // background: the plugin serves local networks meanwhile.
 func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local store.Store, host string,
-	drv *driver.Driver, pools driver.PoolBinder, rec *reconcile.Reconciler) {
+	drv *driver.Driver, pools driver.PoolBinder, ovs *reconcile.Overlays) {
 	vtep, err := tunnelAddress(ctx, cs)
 	for err != nil {
 		log.Warn("cannot join the cluster yet; overlay networks wait for it", "consul", cs.Address(), "err", err)
@@ -73,7 +73,6 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 	if err := node.Join(ctx, eps); err != nil {
 		log.Warn("join the cluster (retrying)", "err", err)
 	}
-	ovs := rec.NewOverlays(host)
 	defs := make(chan []cluster.Overlay, 1)
 	go func() {
 		// dockerd calls the plugin back: never from the watch itself.

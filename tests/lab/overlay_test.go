@@ -239,3 +239,24 @@ func TestUpOverlayBadInput(t *testing.T) {
 		}
 	}
 }
+
+// A name already taken on a host by another network: that host's network is
+// never clobbered, and its plugin reports the overlay it cannot hold
+// (`vxbridge state`, OverlayConflicts) while the other hosts get theirs.
+func TestUpOverlayNameTakenOnAHost(t *testing.T) {
+	needLab(t)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	const nw = "ovtakenname"
+	localID := c.docker(t, "network", "create", "-d", driver, nw)
+	overlay(t, a, nw, "--subnet", "10.222.0.0/24")
+	// Registered after the overlay's, so it runs first: the overlay's
+	// clean-up checks that no host has a network of that name left.
+	t.Cleanup(func() { run("docker", "-H", c.dockerHost, "network", "rm", nw) })
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
+	waitUntil(t, 10*time.Second, "host C to report the conflict", func() bool {
+		return strings.Contains(mustState(t, c), "the name "+nw+" is taken here")
+	})
+	if id := c.docker(t, "network", "inspect", "-f", "{{.Id}}", nw); id != localID {
+		t.Fatalf("host C's own network %s was replaced: %s, was %s", nw, id, localID)
+	}
+}
