@@ -126,7 +126,8 @@ func serve(args []string) error {
 		return err
 	}
 	name := strings.TrimSuffix(filepath.Base(*socket), ".sock")
-	rec := reconcile.New(drv, alloc, reconcile.NewDocker(*dockerSocket), name, log)
+	docker := reconcile.NewDocker(*dockerSocket)
+	rec := reconcile.New(drv, alloc, docker, name, log)
 	h := plugin.NewHandler(drv, alloc, map[string]func() (any, error){
 		plugin.StatePath:     func() (any, error) { return snapshot(drv, alloc) },
 		plugin.ReconcilePath: func() (any, error) { return rec.Now(context.Background(), onDemandGrace), nil },
@@ -139,7 +140,7 @@ func serve(args []string) error {
 		// answers; the rest retries in the background.
 		joined := make(chan struct{})
 		go func() {
-			joinCluster(ctx, log, cs, st, host, drv, alloc, rec)
+			joinCluster(ctx, log, cs, st, host, drv, alloc, rec, docker)
 			close(joined)
 		}()
 		select {

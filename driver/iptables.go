@@ -21,8 +21,14 @@ const (
 	chainIsolation3  = "VXBRIDGE-ISOLATION-3" // filter: …entering it from one of Docker's bridges: drop
 	chainDNAT        = "VXBRIDGE-DNAT"        // nat: published ports
 	chainPostrouting = "VXBRIDGE-POSTROUTING" // nat: masquerade
+	chainDNS         = "VXBRIDGE-DNS"         // nat: overlay containers' DNS queries to the plugin's resolver
 	dockerUser       = "DOCKER-USER"
 )
+
+// ResolverAddr is where the plugin's resolver for cross-host names listens
+// (on each host running overlays), and where the queries leaving overlay
+// bridges for port 53 are sent.
+const ResolverAddr = "127.0.0.1:53530"
 
 type rule struct {
 	table, chain string
@@ -48,7 +54,7 @@ type fixedRule struct {
 
 var chains = []struct{ table, name string }{
 	{"filter", chainForward}, {"filter", chainIsolation1}, {"filter", chainIsolation2}, {"filter", chainIsolation3},
-	{"nat", chainDNAT}, {"nat", chainPostrouting},
+	{"nat", chainDNAT}, {"nat", chainPostrouting}, {"nat", chainDNS},
 }
 
 // dockerBridges are the names of the bridges of Docker's own bridge driver
@@ -71,6 +77,7 @@ var fixed = slices.Concat([]fixedRule{
 	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
 	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
 	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, true}, top},
+	{rule{"nat", "PREROUTING", []string{"-j", chainDNS}, true}, top},
 }, dockerIsolation())
 
 func dockerIsolation() []fixedRule {
@@ -213,6 +220,17 @@ func networkRules(n *Network) []rule {
 		// must see a source it can answer.
 		rule{"nat", chainPostrouting, spec([]string{"-o", br, "-m", "addrtype", "--src-type", "LOCAL"}, t, []string{"-j", "MASQUERADE"}), true},
 	)
+	if n.VNI != 0 {
+		// Docker's embedded DNS sends the names it does not know to the
+		// container's upstream servers from the container's namespace, so
+		// through this bridge: the plugin's resolver answers the names of
+		// the overlay's containers on other hosts and forwards the rest
+		// (package names). The bridge has route_localnet.
+		for _, proto := range []string{"udp", "tcp"} {
+			rs = append(rs, rule{"nat", chainDNS, spec([]string{"-i", br, "-p", proto, "--dport", "53"}, t,
+				[]string{"-j", "DNAT", "--to-destination", ResolverAddr}), true})
+		}
+	}
 	if n.Options.Masquerade && n.Gateway4.IsValid() {
 		rs = append(rs, rule{"nat", chainPostrouting, spec([]string{"-s", n.Gateway4.Masked().String(), "!", "-o", br}, t, []string{"-j", "MASQUERADE"}), true})
 	}
