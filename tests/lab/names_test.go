@@ -220,3 +220,41 @@ func TestUpNamesTimeToResolve(t *testing.T) {
 	t.Logf("time from docker run -d on B returning to resolvable on A over %d runs: median %v, worst %v; resolvable at the first lookup in %d of %d",
 		runs, took[runs/2], took[runs-1], atOnce, runs)
 }
+
+// The plugin restarted: names of the restarted host's containers keep
+// resolving elsewhere (its session and advertisements outlive a restart),
+// and the restarted host resolves remote names again as soon as it serves.
+func TestUpNamesPluginRestart(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw = "names4"
+	overlay(t, a, nw, "--subnet", "10.217.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
+	for _, c := range []struct {
+		h    host
+		name string
+	}{{a, "rcli"}, {b, "rsql"}} {
+		c.h.docker(t, "run", "-d", "--name", c.name, "--network", nw, image, "sleep", "600")
+		t.Cleanup(func() { run("docker", "-H", c.h.dockerHost, "rm", "-f", c.name) })
+	}
+	resolves := func() bool { got, _ := a.lookup("rcli", "rsql"); return got != nil }
+	waitUntil(t, 5*time.Second, "rsql resolving on A", resolves)
+	restart := func(h host) {
+		h.docker(t, "plugin", "disable", "-f", driver)
+		h.docker(t, "plugin", "enable", driver)
+	}
+
+	restart(b)
+	if !resolves() {
+		t.Errorf("rsql on B stopped resolving on A when B's plugin restarted")
+	}
+	// The restarted plugin advertises its endpoints again: their names stay.
+	time.Sleep(2 * time.Second)
+	if !resolves() {
+		t.Errorf("rsql on B stopped resolving on A after B's plugin came back")
+	}
+
+	restart(a)
+	took := waitUntil(t, 5*time.Second, "rsql resolving on A after A's plugin restarted", resolves)
+	t.Logf("A's plugin restarted: remote names resolved again %v after it was enabled", took)
+}
