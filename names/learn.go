@@ -44,6 +44,9 @@ type Learner struct {
 
 // Run learns names until ctx ends.
 func (l *Learner) Run(ctx context.Context) {
+	// Names kept from before a restart may have changed meanwhile: check
+	// them all once.
+	l.renamed.Store(true)
 	kick := make(chan struct{}, 1)
 	poke := func() {
 		select {
