@@ -126,7 +126,8 @@ func serve(args []string) error {
 		return err
 	}
 	name := strings.TrimSuffix(filepath.Base(*socket), ".sock")
-	rec := reconcile.New(drv, alloc, reconcile.NewDocker(*dockerSocket), name, log)
+	docker := reconcile.NewDocker(*dockerSocket)
+	rec := reconcile.New(drv, alloc, docker, name, log)
 	ovs := rec.NewOverlays(host)
 	h := plugin.NewHandler(drv, alloc, map[string]func() (any, error){
 		plugin.StatePath:     func() (any, error) { return snapshot(drv, alloc, ovs) },
@@ -140,7 +141,7 @@ func serve(args []string) error {
 		// answers; the rest retries in the background.
 		joined := make(chan struct{})
 		go func() {
-			joinCluster(ctx, log, cs, st, host, drv, alloc, ovs)
+			joinCluster(ctx, log, cs, st, host, drv, alloc, ovs, docker)
 			close(joined)
 		}()
 		select {

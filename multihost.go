@@ -11,6 +11,7 @@ import (
 
 	"github.com/vxbridge/vxbridge/cluster"
 	"github.com/vxbridge/vxbridge/driver"
+	"github.com/vxbridge/vxbridge/names"
 	"github.com/vxbridge/vxbridge/overlay"
 	"github.com/vxbridge/vxbridge/reconcile"
 	"github.com/vxbridge/vxbridge/store"
@@ -22,6 +23,8 @@ import (
 // networks (VXLAN devices from package overlay), every change in the
 // cluster programs the remote endpoints into the kernel, and the
 // cluster's overlays are created in (and removed from) this host's dockerd.
+// Containers on overlays resolve the names of the overlay's containers on
+// other hosts through the plugin's resolver (package names).
 
 // clusterStore opens the Consul store the environment names (the Consul
 // way: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, …), or returns
@@ -48,7 +51,11 @@ func hostName() string {
 // and starts the watches. Until Consul answers it retries in the
 // background: the plugin serves local networks meanwhile.
 func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local store.Store, host string,
-	drv *driver.Driver, pools driver.PoolBinder, ovs *reconcile.Overlays) {
+	drv *driver.Driver, pools driver.PoolBinder, ovs *reconcile.Overlays, docker *reconcile.Docker) {
+	// The resolver serves (and forwards) before the cluster answers: the
+	// overlay bridges send it every query their containers' DNS forwards.
+	table := &names.Table{}
+	startResolver(ctx, log, table)
 	vtep, err := tunnelAddress(ctx, cs)
 	for err != nil {
 		log.Warn("cannot join the cluster yet; overlay networks wait for it", "consul", cs.Address(), "err", err)
@@ -96,8 +103,11 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 			}
 		}
 	}()
+	learner := &names.Learner{Docker: docker, Node: node, Networks: endpointNetworks(drv), Log: log}
+	go learner.Run(ctx)
 	go node.Watch(ctx, func(all []cluster.Overlay, eps []cluster.Endpoint) {
 		programPeers(ctx, log, dp, host, all, eps)
+		table.Update(host, all, eps)
 		select {
 		case <-defs:
 		default:
@@ -136,5 +146,41 @@ func programPeers(ctx context.Context, log *slog.Logger, dp *overlay.Overlay, ho
 		if err := dp.Sync(ctx, def.VNI, byOverlay[def.Name]); err != nil {
 			log.Warn("program overlay peers", "overlay", def.Name, "vni", def.VNI, "err", err)
 		}
+	}
+}
+
+// startResolver serves cross-host names at driver.ResolverAddr, forwarding
+// other names to the name servers of the host's resolv.conf (a managed
+// plugin sees the host's; it runs in the host's network namespace, so
+// loopback servers work too).
+func startResolver(ctx context.Context, log *slog.Logger, table *names.Table) {
+	ups, err := names.Upstreams("/etc/resolv.conf")
+	if err != nil {
+		log.Warn("no upstream name servers: containers on overlays resolve only cross-host names", "err", err)
+	}
+	srv, err := names.Serve(netip.MustParseAddrPort(driver.ResolverAddr), table, ups, log)
+	if err != nil {
+		log.Error("no resolver for cross-host names: containers on overlays cannot resolve other names either", "err", err)
+		return
+	}
+	log.Info("resolver for cross-host names", "addr", driver.ResolverAddr, "upstreams", ups)
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+}
+
+// endpointNetworks maps the driver's endpoints to their dockerd networks.
+func endpointNetworks(drv *driver.Driver) func() (map[string]string, error) {
+	return func() (map[string]string, error) {
+		st, err := drv.State()
+		if err != nil {
+			return nil, err
+		}
+		out := make(map[string]string, len(st.Endpoints))
+		for _, ep := range st.Endpoints {
+			out[ep.ID] = ep.NetworkID
+		}
+		return out, nil
 	}
 }

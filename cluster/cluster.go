@@ -64,6 +64,10 @@ type Endpoint struct {
 	IPv4    netip.Addr `json:",omitempty"`
 	IPv6    netip.Addr `json:",omitempty"`
 	VTEP    netip.Addr
+	// Names are the container's name and its aliases on the network, as
+	// dockerd knows them: learned after the endpoint is made (package
+	// names), so at first there are none.
+	Names []string `json:",omitempty"`
 }
 
 // Shared is what the cluster store must offer: a store whose keys can be
@@ -171,10 +175,26 @@ func (n *Node) register(ctx context.Context) error {
 	if err := se.Put(ctx, hostsKey+n.cfg.Host, host); err != nil {
 		return fmt.Errorf("register host %s: %w", n.cfg.Host, err)
 	}
+	// The driver's records hold no names: keep those advertised before a
+	// restart until they are learned again, so names never blink.
+	known, err := n.cfg.Store.List(endpointsKey)
+	if err != nil {
+		return fmt.Errorf("list endpoints: %w", err)
+	}
+	named := map[string][]string{}
+	for _, ep := range decodeEndpoints(known) {
+		if ep.Host == n.cfg.Host {
+			named[ep.ID] = ep.Names
+		}
+	}
 	n.mu.Lock()
 	n.session = se
 	eps := make([]Endpoint, 0, len(n.local))
-	for _, ep := range n.local {
+	for id, ep := range n.local {
+		if ep.Names == nil {
+			ep.Names = named[id]
+			n.local[id] = ep
+		}
 		eps = append(eps, ep)
 	}
 	n.mu.Unlock()
@@ -234,6 +254,9 @@ func (n *Node) Advertise(ctx context.Context, ep Endpoint) error {
 	ep.Host, ep.VTEP = n.cfg.Host, n.cfg.VTEP
 	n.mu.Lock()
 	se := n.session
+	if old, ok := n.local[ep.ID]; ok && ep.Names == nil {
+		ep.Names = old.Names // a repeated CreateEndpoint keeps the learned names
+	}
 	n.local[ep.ID] = ep
 	n.mu.Unlock()
 	if se == nil {
@@ -245,6 +268,35 @@ func (n *Node) Advertise(ctx context.Context, ep Endpoint) error {
 		return err
 	}
 	return nil
+}
+
+// LocalEndpoints returns what this host advertises.
+func (n *Node) LocalEndpoints() []Endpoint {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]Endpoint, 0, len(n.local))
+	for _, ep := range n.local {
+		out = append(out, ep)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// SetNames advertises a local endpoint again with its container's names;
+// an endpoint no longer advertised is left alone.
+func (n *Node) SetNames(ctx context.Context, id string, names []string) error {
+	n.mu.Lock()
+	ep, ok := n.local[id]
+	se := n.session
+	if ok {
+		ep.Names = names
+		n.local[id] = ep
+	}
+	n.mu.Unlock()
+	if !ok || se == nil {
+		return nil // a new session puts it with its names
+	}
+	return n.put(ctx, se, ep)
 }
 
 func (n *Node) forget(id string) {

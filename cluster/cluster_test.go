@@ -205,3 +205,52 @@ func TestAdvertiseWithoutClusterFails(t *testing.T) {
 		t.Fatalf("define with Consul stopped: %v", err)
 	}
 }
+
+// Names learned for an endpoint are advertised with it and survive what
+// re-advertises it without them: a restart (the driver's records hold no
+// names) and a repeated CreateEndpoint.
+func TestNamesOutliveRestartAndRepeat(t *testing.T) {
+	agent := consultest.Start(t)
+	dir := t.TempDir()
+	a, b := node(t, agent.Addr, "a", dir), node(t, agent.Addr, "b", dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	aCtx, aStop := context.WithCancel(ctx)
+	if err := a.Join(aCtx, nil); err != nil {
+		t.Fatal(err)
+	}
+	id := strings.Repeat("d", 64)
+	ep := Endpoint{Overlay: "demo", ID: id, MAC: "02:42:0a:c8:00:03", IPv4: netip.MustParseAddr("10.200.0.3")}
+	if err := a.Advertise(ctx, ep); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetNames(ctx, id, []string{"mysql", "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetNames(ctx, strings.Repeat("e", 64), []string{"ghost"}); err != nil {
+		t.Fatalf("names of an endpoint not advertised: %v", err)
+	}
+	names := func(what string) {
+		t.Helper()
+		eps, err := b.Endpoints("demo")
+		if err != nil || len(eps) != 1 || strings.Join(eps[0].Names, ",") != "mysql,db" {
+			t.Fatalf("%s: endpoints %+v, %v; want one named mysql,db", what, eps, err)
+		}
+	}
+	names("advertised")
+	if err := a.Advertise(ctx, ep); err != nil {
+		t.Fatal(err)
+	}
+	names("advertised again without names")
+	aStop()
+	a.cfg.Local.Close()
+	a = node(t, agent.Addr, "a", dir)
+	ep.Host, ep.VTEP = "a", a.VTEP() // as the driver lists them
+	if err := a.Join(ctx, []Endpoint{ep}); err != nil {
+		t.Fatal(err)
+	}
+	names("after a restart")
+	if got := a.LocalEndpoints(); len(got) != 1 || len(got[0].Names) != 2 {
+		t.Fatalf("local endpoints after the restart: %+v", got)
+	}
+}

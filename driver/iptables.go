@@ -22,8 +22,14 @@ const (
 	chainDNAT        = "VXBRIDGE-DNAT"        // nat: published ports
 	chainPostrouting = "VXBRIDGE-POSTROUTING" // nat: masquerade
 	chainLoopback    = "VXBRIDGE-LOOPBACK"    // raw: what comes from our bridges for the host's 127.0.0.0/8: drop
+	chainDNS         = "VXBRIDGE-DNS"         // nat: overlay containers' DNS queries to the plugin's resolver
 	dockerUser       = "DOCKER-USER"
 )
+
+// ResolverAddr is where the plugin's resolver for cross-host names listens
+// (on each host running overlays), and where the queries leaving overlay
+// bridges for port 53 are sent.
+const ResolverAddr = "127.0.0.1:53530"
 
 type rule struct {
 	table, chain string
@@ -49,7 +55,7 @@ type fixedRule struct {
 
 var chains = []struct{ table, name string }{
 	{"filter", chainForward}, {"filter", chainIsolation1}, {"filter", chainIsolation2}, {"filter", chainIsolation3},
-	{"nat", chainDNAT}, {"nat", chainPostrouting}, {"raw", chainLoopback},
+	{"nat", chainDNAT}, {"nat", chainPostrouting}, {"raw", chainLoopback}, {"nat", chainDNS},
 }
 
 // dockerBridges are the names of the bridges of Docker's own bridge driver
@@ -80,6 +86,7 @@ var fixed = slices.Concat([]fixedRule{
 	{rule{"filter", chainIsolation3, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, false}, top},
 	// Packets as they arrive, before any NAT: see networkRules.
 	{rule{"raw", "PREROUTING", []string{"-j", chainLoopback}, true}, top},
+	{rule{"nat", "PREROUTING", []string{"-j", chainDNS}, true}, top},
 }, dockerIsolation())
 
 func dockerIsolation() []fixedRule {
@@ -234,6 +241,17 @@ func networkRules(n *Network) []rule {
 		// must see a source it can answer.
 		rule{"nat", chainPostrouting, spec([]string{"-o", br, "-m", "addrtype", "--src-type", "LOCAL"}, t, []string{"-j", "MASQUERADE"}), true},
 	)
+	if n.VNI != 0 {
+		// Docker's embedded DNS sends the names it does not know to the
+		// container's upstream servers from the container's namespace, so
+		// through this bridge: the plugin's resolver answers the names of
+		// the overlay's containers on other hosts and forwards the rest
+		// (package names). The bridge has route_localnet.
+		for _, proto := range []string{"udp", "tcp"} {
+			rs = append(rs, rule{"nat", chainDNS, spec([]string{"-i", br, "-p", proto, "--dport", "53"}, t,
+				[]string{"-j", "DNAT", "--to-destination", ResolverAddr}), true})
+		}
+	}
 	if n.Options.Masquerade && n.Gateway4.IsValid() {
 		rs = append(rs, rule{"nat", chainPostrouting, spec([]string{"-s", n.Gateway4.Masked().String(), "!", "-o", br}, t, []string{"-j", "MASQUERADE"}), true})
 	}

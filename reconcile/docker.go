@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -128,4 +129,65 @@ func (d *Docker) get(ctx context.Context, path string, v any) error {
 		return fmt.Errorf("decode dockerd's %s: %w", path, err)
 	}
 	return nil
+}
+
+// Container is what the plugin needs of `docker inspect CONTAINER`.
+type Container struct {
+	ID              string `json:"Id"`
+	Name            string // with dockerd's leading "/"
+	NetworkSettings struct {
+		Networks map[string]struct {
+			EndpointID string
+			Aliases    []string
+		}
+	}
+}
+
+// Container inspects one container; ErrNotFound when dockerd has none by id.
+func (d *Docker) Container(ctx context.Context, id string) (Container, error) {
+	var c Container
+	err := d.get(ctx, "/containers/"+url.PathEscape(id)+"/json", &c)
+	return c, err
+}
+
+// Event is one of dockerd's events, as /events streams them.
+type Event struct {
+	Type   string
+	Action string
+	Actor  struct {
+		ID         string
+		Attributes map[string]string
+	}
+}
+
+// Events calls fn with each event matching filters (dockerd's /events
+// filters, e.g. {"type":["network"]}) until ctx ends or the stream breaks,
+// and returns why it stopped. It calls ready once dockerd has accepted the
+// stream, so the caller can read the state it covers from then on.
+func (d *Docker) Events(ctx context.Context, filters map[string][]string, ready func(), fn func(Event)) error {
+	f, _ := json.Marshal(filters)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/events?filters="+url.QueryEscape(string(f)), nil)
+	if err != nil {
+		return err
+	}
+	// The stream lasts: no client timeout, only ctx.
+	c := *d.client
+	c.Timeout = 0
+	res, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask dockerd for events: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("ask dockerd for events: %s", res.Status)
+	}
+	ready()
+	dec := json.NewDecoder(res.Body)
+	for {
+		var e Event
+		if err := dec.Decode(&e); err != nil {
+			return fmt.Errorf("dockerd's events: %w", err)
+		}
+		fn(e)
+	}
 }

@@ -113,13 +113,22 @@ func start(extra ...string) (*Agent, error) {
 	if bin == "" {
 		return nil, errNoConsul
 	}
-	ports := make([]int, 4)
-	for i := range ports {
-		p, err := freePort()
-		if err != nil {
-			return nil, err
+	// Another test binary's agent may take a port between our pick and
+	// the agent's bind: a few tries with fresh ports.
+	var err error
+	for range 3 {
+		var a *Agent
+		if a, err = startOn(bin, extra); err == nil {
+			return a, nil
 		}
-		ports[i] = p
+	}
+	return nil, err
+}
+
+func startOn(bin string, extra []string) (*Agent, error) {
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
 	}
 	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), out: &syncBuffer{}, done: make(chan struct{})}
 	args := []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
@@ -171,23 +180,33 @@ func (a *Agent) Stop() {
 	<-a.done
 }
 
-// freePort returns a loopback port free for both TCP and UDP (serf uses
-// both).
-func freePort() (int, error) {
-	for range 20 {
+// freePorts returns n distinct loopback ports free for both TCP and UDP
+// (serf uses both): each is held until all are chosen, so none repeats.
+func freePorts(n int) ([]int, error) {
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	var ports []int
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 20*n {
+			return nil, fmt.Errorf("no free loopback port for TCP and UDP")
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		held = append(held, l)
 		u, err := net.ListenPacket("udp", l.Addr().String())
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port, nil
+		if err != nil {
+			continue
 		}
+		held = append(held, u)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	return 0, fmt.Errorf("no free loopback port for TCP and UDP")
+	return ports, nil
 }
 
 type syncBuffer struct {

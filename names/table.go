@@ -1,0 +1,91 @@
+// Package names lets containers resolve the names of containers on other
+// hosts of the overlays they share. Docker's embedded DNS (127.0.0.11)
+// answers the names of its own host's containers and forwards every other
+// name to the container's upstream servers; on Docker 20.10 it sends that
+// query from the container's namespace, so it leaves through the
+// container's default route: a vxbridge bridge, where a DNAT brings it to
+// the Server here. The Server answers the names of remote endpoints on the
+// overlay the asking address belongs to, from a Table fed by the cluster's
+// watch, and forwards everything else to the host's real upstream servers.
+// The names themselves are learned from dockerd (Learner) and advertised
+// with each endpoint (cluster.Endpoint.Names).
+package names
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/vxbridge/vxbridge/cluster"
+)
+
+// Table holds the names of remote endpoints, per overlay.
+type Table struct {
+	mu       sync.RWMutex
+	overlays []overlayNames
+}
+
+type overlayNames struct {
+	name             string
+	subnet4, subnet6 netip.Prefix
+	// addrs by lower-case name (container name or alias).
+	addrs map[string][]netip.Addr
+}
+
+// Update replaces the table with the names other hosts than host advertise
+// (the local ones are Docker's own to answer: never shadow them).
+func (t *Table) Update(host string, defs []cluster.Overlay, eps []cluster.Endpoint) {
+	byName := map[string]*overlayNames{}
+	ovs := make([]overlayNames, 0, len(defs))
+	for _, d := range defs {
+		ovs = append(ovs, overlayNames{name: d.Name, subnet4: d.Subnet4, subnet6: d.Subnet6, addrs: map[string][]netip.Addr{}})
+	}
+	for i := range ovs {
+		byName[ovs[i].name] = &ovs[i]
+	}
+	for _, ep := range eps {
+		o := byName[ep.Overlay]
+		if o == nil || ep.Host == host {
+			continue
+		}
+		for _, n := range ep.Names {
+			n = strings.ToLower(n)
+			for _, a := range []netip.Addr{ep.IPv4, ep.IPv6} {
+				if a.IsValid() && !slices.Contains(o.addrs[n], a) {
+					o.addrs[n] = append(o.addrs[n], a)
+				}
+			}
+		}
+	}
+	for _, o := range ovs {
+		for _, as := range o.addrs {
+			slices.SortFunc(as, func(a, b netip.Addr) int { return a.Compare(b) })
+		}
+	}
+	t.mu.Lock()
+	t.overlays = ovs
+	t.mu.Unlock()
+}
+
+// Lookup returns the addresses of name (fully qualified, any case) for a
+// query from src: name is a container name or alias, alone or followed by
+// the overlay's name, of a remote endpoint on the overlay whose subnet
+// holds src. ok is false when the table does not know the name: it is
+// someone else's to answer.
+func (t *Table) Lookup(src netip.Addr, name string) (addrs []netip.Addr, ok bool) {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	src = src.Unmap()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, o := range t.overlays {
+		if !o.subnet4.Contains(src) && !o.subnet6.Contains(src) {
+			continue
+		}
+		short := strings.TrimSuffix(name, "."+strings.ToLower(o.name))
+		if as, found := o.addrs[short]; found {
+			return slices.Clone(as), true
+		}
+	}
+	return nil, false
+}
