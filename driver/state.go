@@ -132,3 +132,16 @@ func (d *Driver) State() (State, error) {
 	slices.SortFunc(eps, func(a, b *Endpoint) int { return strings.Compare(a.NetworkID+a.ID, b.NetworkID+b.ID) })
 	return State{Networks: nets, Endpoints: eps, Broken: broken}, err
 }
+
+// loadEndpoint loads an endpoint's record with its network's.
+func (d *Driver) loadEndpoint(nid, eid string) (*Network, *Endpoint, error) {
+	n, err := load[Network](d.store, networkKey(nid))
+	if err != nil {
+		return nil, nil, fmt.Errorf("network %s: %w", short(nid, 12), err)
+	}
+	ep, err := load[Endpoint](d.store, endpointKey(nid, eid))
+	if err != nil {
+		return nil, nil, fmt.Errorf("endpoint %s: %w", short(eid, 12), err)
+	}
+	return n, ep, nil
+}

@@ -260,3 +260,34 @@ func TestUpOverlayNameTakenOnAHost(t *testing.T) {
 		t.Fatalf("host C's own network %s was replaced: %s, was %s", nw, id, localID)
 	}
 }
+
+// An overlay is a full vxbridge network: a port published by a container
+// on A is reached from another host's address; an internal overlay carries
+// traffic between its containers across hosts and nothing out.
+func TestUpOverlayIsAFullNetwork(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const pub, internal = "ovpub", "ovint"
+	overlay(t, a, pub, "--subnet", "10.223.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(pub) })
+	a.docker(t, "run", "-d", "--name", "pubweb", "--network", pub, "-p", "18300:80", image,
+		"sh", "-c", "mkdir -p /www && echo pubweb > /www/id && exec httpd -f -p 80 -h /www")
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "pubweb") })
+	get := func() string {
+		out, _ := run("ip", "netns", "exec", b.netns, "sh", "-c",
+			"printf 'GET /id HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 "+a.underlay.String()+" 18300")
+		return out
+	}
+	waitUntil(t, 10*time.Second, "the published port from host B", func() bool { return strings.Contains(get(), "pubweb") })
+
+	overlay(t, a, internal, "--internal", "--subnet", "10.224.0.0/24")
+	waitUntil(t, 10*time.Second, "internal overlay on host B", func() bool { return b.hasNetwork(internal) })
+	a.container(t, "inta", internal)
+	ipB := b.container(t, "intb", internal)
+	if !a.canPing("inta", ipB) {
+		t.Error("containers of an internal overlay on A and B do not reach each other")
+	}
+	if a.canPing("inta", b.underlay.String()) {
+		t.Error("a container of an internal overlay reaches another host's address")
+	}
+}

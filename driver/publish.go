@@ -123,15 +123,3 @@ func endpointPortRules(n *Network, ep *Endpoint) []rule {
 	}
 	return rs
 }
-
-func (d *Driver) loadEndpoint(nid, eid string) (*Network, *Endpoint, error) {
-	n, err := load[Network](d.store, networkKey(nid))
-	if err != nil {
-		return nil, nil, fmt.Errorf("network %s: %w", short(nid, 12), err)
-	}
-	ep, err := load[Endpoint](d.store, endpointKey(nid, eid))
-	if err != nil {
-		return nil, nil, fmt.Errorf("endpoint %s: %w", short(eid, 12), err)
-	}
-	return n, ep, nil
-}
