@@ -187,9 +187,9 @@ func listen(tb testing.TB, f *fake, t timeouts) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	own := map[string]func() (any, error){
-		StatePath:     func() (any, error) { return fixedState, f.do("State") },
-		ReconcilePath: func() (any, error) { return fixedReport, f.do("Reconcile") },
+	own := map[string]Own{
+		StatePath:     func(json.RawMessage) (any, error) { return fixedState, f.do("State") },
+		ReconcilePath: func(json.RawMessage) (any, error) { return fixedReport, f.do("Reconcile") },
 	}
 	h := NewHandler(fakeNet{f}, fakeIpam{f}, own, slog.New(slog.DiscardHandler))
 	done := make(chan error, 1)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -103,6 +104,29 @@ func (d *Docker) Network(ctx context.Context, id string) (Network, error) {
 	var n Network
 	err := d.get(ctx, "/networks/"+id, &n)
 	return n, err
+}
+
+// Container is what `vxbridge doctor` needs of `docker inspect`: the
+// container's endpoints, by network name.
+type Container struct {
+	ID              string `json:"Id"`
+	Name            string
+	NetworkSettings struct {
+		Networks map[string]struct {
+			NetworkID         string
+			EndpointID        string
+			IPAddress         string
+			GlobalIPv6Address string
+		}
+	}
+}
+
+// Container inspects one container by name or ID; ErrNotFound when
+// dockerd has none.
+func (d *Docker) Container(ctx context.Context, nameOrID string) (Container, error) {
+	var c Container
+	err := d.get(ctx, "/containers/"+url.PathEscape(nameOrID)+"/json", &c)
+	return c, err
 }
 
 // ErrNotFound: dockerd has no such object.
