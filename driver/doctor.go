@@ -43,7 +43,7 @@ func (d *Driver) Doctor(ctx context.Context, targets []string) ([]Check, error) 
 	if err != nil {
 		return nil, err
 	}
-	doc := &doctor{d: d, ctx: ctx}
+	doc := &doctor{d: d, ctx: ctx, mtuReported: map[string]bool{}}
 
 	// Which networks and endpoints are concerned, and which remote
 	// endpoints (overlays) the targets name.
@@ -103,6 +103,8 @@ type doctor struct {
 	hosts  []cluster.Host // live members, once asked
 	asked  bool
 	hErr   error
+	// mtuReported: ports whose wrong MTU a check already names.
+	mtuReported map[string]bool
 }
 
 func (doc *doctor) add(name string, ok bool, fix string) {
@@ -213,8 +215,7 @@ func (doc *doctor) network(n *Network, eps []*Endpoint, remote []cluster.Endpoin
 	if brLink != nil {
 		a := brLink.Attrs()
 		doc.add(fmt.Sprintf("%s: bridge %s up", what, br), a.Flags&net.FlagUp != 0, fmt.Sprintf("it is down, nothing crosses it; fix: ip link set %s up", br))
-		doc.add(fmt.Sprintf("%s: bridge %s MTU %d", what, br, n.Options.MTU), a.MTU == n.Options.MTU,
-			fmt.Sprintf("its MTU is %d, the network's %d; fix: ip link set %s mtu %d", a.MTU, n.Options.MTU, br, n.Options.MTU))
+		doc.bridgeMTU(what, n, brLink)
 		doc.gateways(what, n, brLink)
 	}
 	doc.rules(what+": forwarding, isolation and ICC rules", networkRules(n), n.Options.IPv6)
@@ -248,8 +249,32 @@ func (doc *doctor) veth(what string, n *Network, ep *Endpoint, br netlink.Link) 
 			fmt.Sprintf("it is not a port of the bridge; fix: vxbridge reconcile (it reattaches it) or ip link set %s master %s", ep.HostIf, n.Options.Bridge))
 	}
 	doc.add(name+" up", a.Flags&net.FlagUp != 0, fmt.Sprintf("it is down, the container is cut off; fix: ip link set %s up", ep.HostIf))
+	if a.MTU != n.Options.MTU {
+		doc.mtuReported[ep.HostIf] = true
+	}
 	doc.add(fmt.Sprintf("%s MTU %d", name, n.Options.MTU), a.MTU == n.Options.MTU,
 		fmt.Sprintf("its MTU is %d, the network's %d: large packets are dropped; fix: ip link set %s mtu %d", a.MTU, n.Options.MTU, ep.HostIf, n.Options.MTU))
+}
+
+// bridgeMTU checks the bridge's MTU. A bridge takes its smallest port's
+// MTU: when a port already reported explains it, that port is the one
+// broken piece and the bridge is not named again.
+func (doc *doctor) bridgeMTU(what string, n *Network, br netlink.Link) {
+	a := br.Attrs()
+	fix := fmt.Sprintf("its MTU is %d, the network's %d; fix: ip link set %s mtu %d", a.MTU, n.Options.MTU, a.Name, n.Options.MTU)
+	if a.MTU != n.Options.MTU {
+		links, _ := netlink.LinkList()
+		for _, l := range links {
+			if la := l.Attrs(); la.MasterIndex == a.Index && la.MTU == a.MTU {
+				if doc.mtuReported[la.Name] {
+					return
+				}
+				fix = fmt.Sprintf("its MTU is %d, as its port %s's (a bridge takes its smallest port's); fix: ip link set %s mtu %d", a.MTU, la.Name, la.Name, n.Options.MTU)
+				break
+			}
+		}
+	}
+	doc.add(fmt.Sprintf("%s: bridge %s MTU %d", what, a.Name, n.Options.MTU), a.MTU == n.Options.MTU, fix)
 }
 
 // gateways checks the bridge holds the network's gateway addresses.
