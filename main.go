@@ -30,6 +30,7 @@ import (
 
 	"github.com/vxbridge/vxbridge/driver"
 	"github.com/vxbridge/vxbridge/ipam"
+	"github.com/vxbridge/vxbridge/metrics"
 	"github.com/vxbridge/vxbridge/plugin"
 	"github.com/vxbridge/vxbridge/reconcile"
 	"github.com/vxbridge/vxbridge/store"
@@ -133,10 +134,17 @@ func serve(args []string) error {
 	own := opsRoutes(drv)
 	own[plugin.StatePath] = func(json.RawMessage) (any, error) { return snapshot(drv, alloc) }
 	own[plugin.ReconcilePath] = func(json.RawMessage) (any, error) { return rec.Now(context.Background(), onDemandGrace), nil }
-	h := plugin.NewHandler(drv, alloc, own, log)
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	var observe plugin.Observer
+	if addr := os.Getenv("VXBRIDGE_METRICS_ADDR"); addr != "" {
+		m := metrics.New(metrics.Sources{Pools: alloc.Pools, Peers: drv.Peers})
+		if _, err := m.Serve(ctx, addr, log); err != nil {
+			return err
+		}
+		observe = m.Observe
+	}
+	h := plugin.NewHandler(drv, alloc, own, log, observe)
 	if cs != nil {
 		// Bounded here, so overlays are repaired at start when Consul
 		// answers; the rest retries in the background.

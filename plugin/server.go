@@ -39,16 +39,19 @@ const (
 // Own serves one of vxbridge's own paths: body is the request's JSON.
 type Own func(body json.RawMessage) (any, error)
 
+// Observer hears of every answered call (metrics); it may be nil.
+type Observer func(path string, took time.Duration, err error)
+
 // NewHandler routes every protocol call to d and a, and each of vxbridge's
 // own paths to its function in own.
-func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]Own, log *slog.Logger) http.Handler {
+func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]Own, log *slog.Logger, observe Observer) http.Handler {
 	mux := http.NewServeMux()
 	// dockerd's handshake: which protocols this socket serves.
 	mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
 		fmt.Fprintln(w, manifest)
 	})
-	r := router{mux: mux, log: log}
+	r := router{mux: mux, log: log, observe: observe}
 
 	route(r, "/NetworkDriver.GetCapabilities", noRequest(d.GetCapabilities))
 	route(r, "/NetworkDriver.CreateNetwork", noResult(d.CreateNetwork))
@@ -82,8 +85,9 @@ func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]Own, log *slog.L
 }
 
 type router struct {
-	mux *http.ServeMux
-	log *slog.Logger
+	mux     *http.ServeMux
+	log     *slog.Logger
+	observe Observer
 }
 
 // empty is the body of a successful call that returns nothing.
@@ -113,11 +117,19 @@ func route[Req, Res any](r router, path string, fn func(*Req) (*Res, error)) {
 				} else {
 					sdk.EncodeResponse(w, res, false)
 				}
-				r.log.Debug("call", append(ids(req), "call", path, "took", time.Since(start), "outcome", "ok")...)
+				took := time.Since(start)
+				r.log.Debug("call", append(ids(req), "call", path, "took", took, "outcome", "ok")...)
+				if r.observe != nil {
+					r.observe(path, took, nil)
+				}
 				return
 			}
 		}
-		r.log.Warn("call failed", append(ids(req), "call", path, "err", err, "took", time.Since(start))...)
+		took := time.Since(start)
+		r.log.Warn("call failed", append(ids(req), "call", path, "err", err, "took", took)...)
+		if r.observe != nil {
+			r.observe(path, took, err)
+		}
 		sdk.EncodeResponse(w, netapi.NewErrorResponse(err.Error()), true)
 	})
 }

@@ -191,7 +191,7 @@ func listen(tb testing.TB, f *fake, t timeouts) string {
 		StatePath:     func(json.RawMessage) (any, error) { return fixedState, f.do("State") },
 		ReconcilePath: func(json.RawMessage) (any, error) { return fixedReport, f.do("Reconcile") },
 	}
-	h := NewHandler(fakeNet{f}, fakeIpam{f}, own, slog.New(slog.DiscardHandler))
+	h := NewHandler(fakeNet{f}, fakeIpam{f}, own, slog.New(slog.DiscardHandler), nil)
 	done := make(chan error, 1)
 	go func() { done <- serve(l, h, t) }()
 	tb.Cleanup(func() {
