@@ -66,7 +66,7 @@ func (d *Driver) Doctor(ctx context.Context, targets []string) ([]Check, error) 
 			case err != nil:
 				doc.add("endpoint "+t+" known", false, fmt.Sprintf("it is on no network of this host, and the cluster cannot be asked: %v", err))
 			case rep == nil:
-				doc.add("endpoint "+t+" known", false, "no container on a vxbridge network has that address or endpoint ID, here or (overlays) on another host: check the address (docker inspect)")
+				doc.add("endpoint "+t+" known", false, "no container on a vxbridge network has that address or endpoint ID, here or on a live host of the cluster; fix: check the address (docker inspect); a container on another host whose plugin is stopped is gone from the cluster with that host's session (vxbridge peers lists the live hosts)")
 			default:
 				remote = append(remote, *rep)
 				for _, n := range st.Networks {

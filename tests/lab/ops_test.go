@@ -212,3 +212,51 @@ func TestUpOperatorCommands(t *testing.T) {
 		t.Fatalf("forget-host of an unknown host: exit %d\n%s", code, out)
 	}
 }
+
+// A peer's plugin stopped: once its session expires, its containers are
+// gone from the cluster, peers lists two hosts, and doctor from A says
+// the address is known nowhere alive, pointing at a stopped plugin.
+func TestUpDoctorPeerStopped(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw = "opsstop"
+	overlay(t, a, nw, "--subnet", "10.212.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay "+nw+" on host B", func() bool { return b.hasNetwork(nw) })
+	for _, h := range []host{a, b} {
+		name := "stop" + strings.ToLower(h.name)
+		h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
+		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+	}
+	ipB := b.ipOf(t, "stopb", nw)
+	if !a.canPing("stopa", ipB) {
+		t.Fatalf("stopa on A cannot reach %s on B", ipB)
+	}
+	if out, code := a.cli(t, "doctor", "stopa", ipB); code != 0 {
+		t.Fatalf("doctor stopa %s on A: exit %d\n%s", ipB, code, out)
+	}
+
+	b.docker(t, "plugin", "disable", "-f", driver)
+	enabled := false
+	enable := func() {
+		if !enabled {
+			run("docker", "-H", b.dockerHost, "plugin", "enable", driver)
+			enabled = true
+		}
+	}
+	t.Cleanup(enable)
+	took := waitUntil(t, 90*time.Second, "B's session to expire", func() bool { return len(a.peers(t)) == 2 })
+	t.Logf("B's session expired %v after its plugin stopped", took)
+	out, code := a.cli(t, "doctor", "stopa", ipB)
+	fs := failedChecks(out)
+	if code != 1 || len(fs) != 1 || !strings.Contains(fs[0], ipB) || !strings.Contains(out, "plugin is stopped") {
+		t.Fatalf("doctor on A with B's plugin stopped: exit %d, failed %q; want exit 1 and one check naming %s:\n%s", code, fs, ipB, out)
+	}
+	t.Logf("doctor on A with B's plugin stopped:\n%s", out)
+
+	enable()
+	waitUntil(t, 90*time.Second, "B back in the cluster", func() bool { return len(a.peers(t)) == 3 })
+	waitUntil(t, 30*time.Second, "doctor on A all well again", func() bool {
+		_, code := a.cli(t, "doctor", "stopa", ipB)
+		return code == 0
+	})
+}
