@@ -37,7 +37,10 @@ func (h host) cli(t *testing.T, args ...string) (string, int) {
 	if len(socks) != 1 {
 		t.Fatalf("host %s: want one plugin socket, found %v", h.name, socks)
 	}
-	cmd := exec.Command(cliBin, append(args[:1:1], append([]string{"--socket", socks[0]}, args[1:]...)...)...)
+	// The socket's full path is too long for a unix address: dial it
+	// relative to its folder.
+	cmd := exec.Command(cliBin, append(args[:1:1], append([]string{"--socket", filepath.Base(socks[0])}, args[1:]...)...)...)
+	cmd.Dir = filepath.Dir(socks[0])
 	cmd.Env = append(os.Environ(), "DOCKER_HOST="+h.dockerHost)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
