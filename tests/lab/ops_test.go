@@ -30,8 +30,7 @@ func (h host) cli(t *testing.T, args ...string) (string, int) {
 		if out, err := exec.Command("go", "build", "-o", cliBin, "../..").CombinedOutput(); err != nil {
 			t.Fatalf("build the CLI: %v\n%s", err, out)
 		}
-		dir := filepath.Dir(cliBin)
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		t.Cleanup(func() { cliBin = "" }) // the folder goes with the test
 	}
 	socks, _ := filepath.Glob(filepath.Join(h.dir, "run-docker", "plugins", "*", "vxbridge.sock"))
 	if len(socks) != 1 {
