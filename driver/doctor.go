@@ -363,7 +363,7 @@ func (doc *doctor) entries(name string, missing, stale []overlay.Entry) {
 	if len(stale) > 0 {
 		why = append(why, fmt.Sprintf("%d stale (e.g. %s)", len(stale), stale[0]))
 	}
-	doc.add(name, len(why) == 0, strings.Join(why, ", ")+"; fix: restart the plugin (docker plugin disable/enable vxbridge:latest): it programs every entry anew")
+	doc.add(name, len(why) == 0, strings.Join(why, ", ")+"; fix: restart the plugin (docker plugin disable -f vxbridge:latest; docker plugin enable vxbridge:latest): it programs every entry anew, containers keep running")
 }
 
 func (doc *doctor) consul() {
