@@ -37,12 +37,13 @@ var ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 // on this host or (overlays) another one. No targets: every network and
 // endpoint of this host.
 func (d *Driver) Doctor(ctx context.Context, targets []string) ([]Check, error) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	st, err := d.stateLocked()
+	st, err := d.State()
 	if err != nil {
 		return nil, err
 	}
+	// Held while checking, so a repair does not run half way through.
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	doc := &doctor{d: d, ctx: ctx, mtuReported: map[string]bool{}}
 
 	// Which networks and endpoints are concerned, and which remote
@@ -380,14 +381,4 @@ func (doc *doctor) consul() {
 	me := doc.d.cluster.Host()
 	doc.add("this host ("+me+") has a live session", slices.ContainsFunc(hosts, func(h cluster.Host) bool { return h.Name == me }),
 		"other hosts do not see this host's containers; the plugin re-registers by itself once Consul answers: see its log")
-}
-
-// stateLocked is State for a caller that holds d.mu.
-func (d *Driver) stateLocked() (State, error) {
-	nets, err := loadAll[Network](d.store, networkKeys)
-	if err != nil {
-		return State{}, err
-	}
-	eps, err := loadAll[Endpoint](d.store, endpointKeys)
-	return State{Networks: nets, Endpoints: eps}, err
 }
