@@ -26,10 +26,11 @@ var cliBin string
 func (h host) cli(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	if cliBin == "" {
-		cliBin = filepath.Join(t.TempDir(), "vxbridge")
-		if out, err := exec.Command("go", "build", "-o", cliBin, "../..").CombinedOutput(); err != nil {
+		bin := filepath.Join(t.TempDir(), "vxbridge")
+		if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
 			t.Fatalf("build the CLI: %v\n%s", err, out)
 		}
+		cliBin = bin
 		t.Cleanup(func() { cliBin = "" }) // the folder goes with the test
 	}
 	socks, _ := filepath.Glob(filepath.Join(h.dir, "run-docker", "plugins", "*", "vxbridge.sock"))
