@@ -165,9 +165,13 @@ func ids(req any) []any {
 		return nil
 	}
 	var out []any
-	for _, f := range []struct{ field, key string }{{"NetworkID", "network"}, {"EndpointID", "endpoint"}, {"PoolID", "pool"}} {
+	// Docker's IDs shortened as docker shows them; a pool ID is a prefix.
+	for _, f := range []struct {
+		field, key string
+		max        int
+	}{{"NetworkID", "network", 12}, {"EndpointID", "endpoint", 12}, {"PoolID", "pool", 64}} {
 		if fv := v.Elem().FieldByName(f.field); fv.IsValid() && fv.Kind() == reflect.String && fv.String() != "" {
-			out = append(out, f.key, fv.String()[:min(12, fv.Len())])
+			out = append(out, f.key, fv.String()[:min(f.max, fv.Len())])
 		}
 	}
 	return out

@@ -454,7 +454,7 @@ func TestCallLogAndObserver(t *testing.T) {
 	out := buf.String()
 	for _, want := range []string{
 		`msg=call network=0123456789ab endpoint=fedcba987654 call=/NetworkDriver.Join took=`,
-		`msg=call pool=vxlocal/10.1 call=/IpamDriver.ReleasePool`,
+		`msg=call pool=vxlocal/10.1.0.0/24 call=/IpamDriver.ReleasePool`,
 		`msg="call failed" call=/NetworkDriver.Leave err="malformed request`,
 	} {
 		if !strings.Contains(out, want) {
