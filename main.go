@@ -5,9 +5,11 @@
 //	vxbridge state   print what a running plugin holds
 //	vxbridge ports   list published ports (docker ps cannot show a remote driver's)
 //	vxbridge reconcile  clean up now what dockerd removed while the plugin was down
+//	vxbridge ls, peers, doctor, forget-host  operator commands (cli_ops.go)
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -28,6 +30,7 @@ import (
 
 	"github.com/vxbridge/vxbridge/driver"
 	"github.com/vxbridge/vxbridge/ipam"
+	"github.com/vxbridge/vxbridge/metrics"
 	"github.com/vxbridge/vxbridge/plugin"
 	"github.com/vxbridge/vxbridge/reconcile"
 	"github.com/vxbridge/vxbridge/store"
@@ -52,16 +55,17 @@ func main() {
 	case "reconcile":
 		err = reconcileNow(os.Args[2:])
 	default:
-		usage()
+		cmd, ok := opsCommands[os.Args[1]]
+		if !ok {
+			usage()
+		}
+		err = cmd(os.Args[2:])
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "vxbridge:", err)
-		os.Exit(1)
-	}
+	exit(err)
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vxbridge serve|state|ports|reconcile [flags]  (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: vxbridge serve|state|ports|reconcile|ls|peers|doctor|forget-host [flags] [args]  (-h for flags)")
 	os.Exit(2)
 }
 
@@ -129,13 +133,20 @@ func serve(args []string) error {
 	docker := reconcile.NewDocker(*dockerSocket)
 	rec := reconcile.New(drv, alloc, docker, name, log)
 	ovs := rec.NewOverlays(host)
-	h := plugin.NewHandler(drv, alloc, map[string]func() (any, error){
-		plugin.StatePath:     func() (any, error) { return snapshot(drv, alloc, ovs) },
-		plugin.ReconcilePath: func() (any, error) { return rec.Now(context.Background(), onDemandGrace), nil },
-	}, log)
-
+	own := opsRoutes(drv)
+	own[plugin.StatePath] = func(json.RawMessage) (any, error) { return snapshot(drv, alloc, ovs) }
+	own[plugin.ReconcilePath] = func(json.RawMessage) (any, error) { return rec.Now(context.Background(), onDemandGrace), nil }
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	var observe plugin.Observer
+	if addr := os.Getenv("VXBRIDGE_METRICS_ADDR"); addr != "" {
+		m := metrics.New(metrics.Sources{Pools: alloc.Pools, Peers: drv.Peers})
+		if _, err := m.Serve(ctx, addr, log); err != nil {
+			return err
+		}
+		observe = m.Observe
+	}
+	h := plugin.NewHandler(drv, alloc, own, log, observe)
 	if cs != nil {
 		// Bounded here, so overlays are repaired at start when Consul
 		// answers; the rest retries in the background.
@@ -300,14 +311,18 @@ func ports(args []string) error {
 // inspectNetwork asks dockerd (DOCKER_HOST or its default socket) for a
 // network's names; without an answer the network ID stands in.
 func inspectNetwork(id string) reconcile.Network {
-	sock := strings.TrimPrefix(env("DOCKER_HOST", "unix:///run/docker.sock"), "unix://")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	n, err := reconcile.NewDocker(sock).Network(ctx, id)
+	n, err := dockerd().Network(ctx, id)
 	if err != nil {
 		return reconcile.Network{ID: id, Name: id[:min(12, len(id))]}
 	}
 	return n
+}
+
+// dockerd is the Docker API at DOCKER_HOST (a unix socket) or its default.
+func dockerd() *reconcile.Docker {
+	return reconcile.NewDocker(strings.TrimPrefix(env("DOCKER_HOST", "unix:///run/docker.sock"), "unix://"))
 }
 
 func unixClient(path string) *http.Client {
@@ -321,23 +336,33 @@ func ask(args []string, path string) ([]byte, error) {
 	fs := flag.NewFlagSet(strings.TrimPrefix(path, "/VxBridge."), flag.ExitOnError)
 	socket := fs.String("socket", "", "plugin socket (default: the legacy socket, else the managed plugin's)")
 	fs.Parse(args)
-	sock, err := findSocket(*socket)
+	return call(*socket, path, struct{}{})
+}
+
+// call posts req, as JSON, to one of the plugin's own paths at socket
+// ("": found as findSocket does) and returns the answer.
+func call(socket, path string, req any) ([]byte, error) {
+	sock, err := findSocket(socket)
 	if err != nil {
 		return nil, err
 	}
-	res, err := unixClient(sock).Post("http://plugin"+path, "application/json", strings.NewReader("{}"))
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	res, err := unixClient(sock).Post("http://plugin"+path, "application/json", bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("ask %s: %w", sock, err)
 	}
 	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
+	answer, err := io.ReadAll(res.Body)
 	if err != nil {
 		return nil, err
 	}
 	if res.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", res.Status, body)
+		return nil, fmt.Errorf("%s: %s", res.Status, answer)
 	}
-	return body, nil
+	return answer, nil
 }
 
 // findSocket prefers an explicit path, then the legacy socket, then a

@@ -347,6 +347,27 @@ func (f *firewall) ensure(rs []rule, ipv6 bool) error {
 	return nil
 }
 
+// missing returns the rules of rs that are not in place.
+func (f *firewall) missing(rs []rule, ipv6 bool) ([]rule, error) {
+	var out []rule
+	for _, r := range rs {
+		for _, t := range f.tables(r, ipv6) {
+			ok, err := t.Exists(r.table, r.chain, r.spec...)
+			if err != nil {
+				return nil, fmt.Errorf("check rule in %s: %w", r.chain, err)
+			}
+			if !ok {
+				out = append(out, r)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (r rule) String() string {
+	return fmt.Sprintf("-t %s -A %s %s", r.table, r.chain, strings.Join(r.spec, " "))
+}
+
 // remove deletes the rules; absent ones are fine.
 func (f *firewall) remove(rs []rule, ipv6 bool) error {
 	for _, r := range rs {

@@ -28,18 +28,24 @@ type Cluster interface {
 	Undefine(name string) error
 	Advertise(context.Context, cluster.Endpoint) error
 	Withdraw(overlay, endpointID string) error
+	// For the operator's commands (ls, peers, doctor, forget-host).
+	Overlays() ([]cluster.Overlay, error)
+	Endpoints(overlay string) ([]cluster.Endpoint, error)
+	Hosts() ([]cluster.Host, error)
 }
 
 // Datapath makes VXLAN devices (package overlay).
 type Datapath interface {
 	EnsureDevice(context.Context, overlay.Device) error
 	DeleteDevice(context.Context, uint32) error
+	Status(context.Context, uint32) (overlay.Status, error)
 }
 
 // PoolBinder is the plugin's IPAM: a pool bound to an overlay hands out
 // addresses unique across the cluster.
 type PoolBinder interface {
 	BindOverlay(poolID, overlay string) error
+	ReleaseHostBlocks(overlay, host string) (int, error)
 }
 
 // Multihost gives the driver what overlay networks need; without it (no

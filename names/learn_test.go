@@ -60,10 +60,7 @@ func (f *fakeNode) SetNames(_ context.Context, id string, names []string) error 
 func container(name, network string, aliases ...string) reconcile.Container {
 	var c reconcile.Container
 	c.Name = "/" + name
-	c.NetworkSettings.Networks = map[string]struct {
-		EndpointID string
-		Aliases    []string
-	}{network: {Aliases: aliases}}
+	c.NetworkSettings.Networks = map[string]reconcile.ContainerNetwork{network: {Aliases: aliases}}
 	return c
 }
 

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"runtime/debug"
 	"time"
 
@@ -23,22 +24,34 @@ const manifest = `{"Implements": ["NetworkDriver", "IpamDriver"]}`
 
 // vxbridge's own routes, for its CLI: StatePath answers a JSON dump of
 // what the plugin holds (networks, endpoints, pools, addresses),
-// ReconcilePath reconciles now and answers the report.
+// ReconcilePath reconciles now and answers the report; ListPath,
+// PeersPath, DoctorPath and ForgetHostPath serve `vxbridge ls`, `peers`,
+// `doctor` and `forget-host`.
 const (
-	StatePath     = "/VxBridge.State"
-	ReconcilePath = "/VxBridge.Reconcile"
+	StatePath      = "/VxBridge.State"
+	ReconcilePath  = "/VxBridge.Reconcile"
+	ListPath       = "/VxBridge.List"
+	PeersPath      = "/VxBridge.Peers"
+	DoctorPath     = "/VxBridge.Doctor"
+	ForgetHostPath = "/VxBridge.ForgetHost"
 )
+
+// Own serves one of vxbridge's own paths: body is the request's JSON.
+type Own func(body json.RawMessage) (any, error)
+
+// Observer hears of every answered call (metrics); it may be nil.
+type Observer func(path string, took time.Duration, err error)
 
 // NewHandler routes every protocol call to d and a, and each of vxbridge's
 // own paths to its function in own.
-func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]func() (any, error), log *slog.Logger) http.Handler {
+func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]Own, log *slog.Logger, observe Observer) http.Handler {
 	mux := http.NewServeMux()
 	// dockerd's handshake: which protocols this socket serves.
 	mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
 		fmt.Fprintln(w, manifest)
 	})
-	r := router{mux: mux, log: log}
+	r := router{mux: mux, log: log, observe: observe}
 
 	route(r, "/NetworkDriver.GetCapabilities", noRequest(d.GetCapabilities))
 	route(r, "/NetworkDriver.CreateNetwork", noResult(d.CreateNetwork))
@@ -63,8 +76,8 @@ func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]func() (any, err
 	route(r, "/IpamDriver.ReleaseAddress", noResult(a.ReleaseAddress))
 
 	for path, fn := range own {
-		route(r, path, func(*struct{}) (*any, error) {
-			v, err := fn()
+		route(r, path, func(body *json.RawMessage) (*any, error) {
+			v, err := fn(*body)
 			return &v, err
 		})
 	}
@@ -72,8 +85,9 @@ func NewHandler(d netapi.Driver, a ipamapi.Ipam, own map[string]func() (any, err
 }
 
 type router struct {
-	mux *http.ServeMux
-	log *slog.Logger
+	mux     *http.ServeMux
+	log     *slog.Logger
+	observe Observer
 }
 
 // empty is the body of a successful call that returns nothing.
@@ -103,11 +117,19 @@ func route[Req, Res any](r router, path string, fn func(*Req) (*Res, error)) {
 				} else {
 					sdk.EncodeResponse(w, res, false)
 				}
-				r.log.Debug("call", "call", path, "took", time.Since(start))
+				took := time.Since(start)
+				r.log.Debug("call", append(ids(req), "call", path, "took", took, "outcome", "ok")...)
+				if r.observe != nil {
+					r.observe(path, took, nil)
+				}
 				return
 			}
 		}
-		r.log.Warn("call failed", "call", path, "err", err, "took", time.Since(start))
+		took := time.Since(start)
+		r.log.Warn("call failed", append(ids(req), "call", path, "err", err, "took", took)...)
+		if r.observe != nil {
+			r.observe(path, took, err)
+		}
 		sdk.EncodeResponse(w, netapi.NewErrorResponse(err.Error()), true)
 	})
 }
@@ -126,12 +148,33 @@ func decode(body io.Reader, req any) error {
 		return err
 	}
 	if len(b) == 0 {
-		if _, noArgs := req.(*struct{}); noArgs {
+		switch req.(type) {
+		case *struct{}, *json.RawMessage: // no arguments, or vxbridge's own paths
 			return nil
 		}
 		return errEmptyBody
 	}
 	return json.Unmarshal(b, req)
+}
+
+// ids returns the network, endpoint and pool IDs a request names, as log
+// attributes: the protocol's request types name them in these fields.
+func ids(req any) []any {
+	v := reflect.ValueOf(req)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	var out []any
+	// Docker's IDs shortened as docker shows them; a pool ID is a prefix.
+	for _, f := range []struct {
+		field, key string
+		max        int
+	}{{"NetworkID", "network", 12}, {"EndpointID", "endpoint", 12}, {"PoolID", "pool", 64}} {
+		if fv := v.Elem().FieldByName(f.field); fv.IsValid() && fv.Kind() == reflect.String && fv.String() != "" {
+			out = append(out, f.key, fv.String()[:min(f.max, fv.Len())])
+		}
+	}
+	return out
 }
 
 func noRequest[Res any](fn func() (*Res, error)) func(*struct{}) (*Res, error) {

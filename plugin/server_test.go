@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -166,7 +167,13 @@ var routes = []struct{ path, body, call string }{
 // temporary directory and returns a client that talks to it.
 func startServer(tb testing.TB, f *fake) *http.Client {
 	tb.Helper()
-	sock := listen(tb, f, defaultTimeouts)
+	return startServerWith(tb, f, slog.New(slog.DiscardHandler), nil)
+}
+
+// startServerWith is startServer with a logger and an observer.
+func startServerWith(tb testing.TB, f *fake, log *slog.Logger, observe Observer) *http.Client {
+	tb.Helper()
+	sock := listenWith(tb, f, defaultTimeouts, log, observe)
 	c := &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -182,16 +189,21 @@ func startServer(tb testing.TB, f *fake) *http.Client {
 // socket in a fresh temporary directory, and returns the socket's path.
 func listen(tb testing.TB, f *fake, t timeouts) string {
 	tb.Helper()
+	return listenWith(tb, f, t, slog.New(slog.DiscardHandler), nil)
+}
+
+func listenWith(tb testing.TB, f *fake, t timeouts, log *slog.Logger, observe Observer) string {
+	tb.Helper()
 	sock := filepath.Join(tb.TempDir(), "vxbridge.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	own := map[string]func() (any, error){
-		StatePath:     func() (any, error) { return fixedState, f.do("State") },
-		ReconcilePath: func() (any, error) { return fixedReport, f.do("Reconcile") },
+	own := map[string]Own{
+		StatePath:     func(json.RawMessage) (any, error) { return fixedState, f.do("State") },
+		ReconcilePath: func(json.RawMessage) (any, error) { return fixedReport, f.do("Reconcile") },
 	}
-	h := NewHandler(fakeNet{f}, fakeIpam{f}, own, slog.New(slog.DiscardHandler))
+	h := NewHandler(fakeNet{f}, fakeIpam{f}, own, log, observe)
 	done := make(chan error, 1)
 	go func() { done <- serve(l, h, t) }()
 	tb.Cleanup(func() {
@@ -421,4 +433,46 @@ func FuzzRequests(f *testing.F) {
 			t.Fatalf("%s %q: status %d, answer %s", path, body, code, out)
 		}
 	})
+}
+
+// Every call is logged once at debug with what it names, and observed.
+func TestCallLogAndObserver(t *testing.T) {
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	var seen []string
+	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c := startServerWith(t, &fake{}, log, func(path string, took time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, fmt.Sprintf("%s %v", path, err != nil))
+	})
+	mustPost(t, c, "/NetworkDriver.Join", `{"NetworkID":"0123456789abcdef","EndpointID":"fedcba9876543210","SandboxKey":"/x","Options":{}}`)
+	mustPost(t, c, "/IpamDriver.ReleasePool", `{"PoolID":"vxlocal/10.1.0.0/24"}`)
+	mustPost(t, c, "/NetworkDriver.Leave", `{`)
+	mu.Lock()
+	defer mu.Unlock()
+	out := buf.String()
+	for _, want := range []string{
+		`msg=call network=0123456789ab endpoint=fedcba987654 call=/NetworkDriver.Join took=`,
+		`msg=call pool=vxlocal/10.1.0.0/24 call=/IpamDriver.ReleasePool`,
+		`msg="call failed" call=/NetworkDriver.Leave err="malformed request`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+	if want := []string{"/NetworkDriver.Join false", "/IpamDriver.ReleasePool false", "/NetworkDriver.Leave true"}; !slices.Equal(seen, want) {
+		t.Errorf("observed %q, want %q", seen, want)
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

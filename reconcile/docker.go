@@ -131,22 +131,30 @@ func (d *Docker) get(ctx context.Context, path string, v any) error {
 	return nil
 }
 
-// Container is what the plugin needs of `docker inspect CONTAINER`.
+// Container is what the plugin and its CLI need of `docker inspect
+// CONTAINER`: its endpoints by network name, for names and for doctor.
 type Container struct {
 	ID              string `json:"Id"`
 	Name            string // with dockerd's leading "/"
 	NetworkSettings struct {
-		Networks map[string]struct {
-			EndpointID string
-			Aliases    []string
-		}
+		Networks map[string]ContainerNetwork
 	}
 }
 
-// Container inspects one container; ErrNotFound when dockerd has none by id.
-func (d *Docker) Container(ctx context.Context, id string) (Container, error) {
+// ContainerNetwork is a container's endpoint on one network.
+type ContainerNetwork struct {
+	NetworkID         string
+	EndpointID        string
+	IPAddress         string
+	GlobalIPv6Address string
+	Aliases           []string
+}
+
+// Container inspects one container by name or ID; ErrNotFound when
+// dockerd has none.
+func (d *Docker) Container(ctx context.Context, nameOrID string) (Container, error) {
 	var c Container
-	err := d.get(ctx, "/containers/"+url.PathEscape(id)+"/json", &c)
+	err := d.get(ctx, "/containers/"+url.PathEscape(nameOrID)+"/json", &c)
 	return c, err
 }
 

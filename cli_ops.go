@@ -1,0 +1,351 @@
+package main
+
+// The operator's commands: ls, peers, doctor, forget-host. Each asks the
+// running plugin over its socket (call), prints a table or, with --json,
+// the answer; a usage error exits 2, a failed doctor check 1.
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vxbridge/vxbridge/driver"
+	"github.com/vxbridge/vxbridge/plugin"
+	"github.com/vxbridge/vxbridge/reconcile"
+)
+
+var opsCommands = map[string]func([]string) error{
+	"ls":          ls,
+	"peers":       peers,
+	"doctor":      doctor,
+	"forget-host": forgetHost,
+}
+
+// usageError is a malformed command line: exit status 2.
+type usageError struct{ error }
+
+// errChecksFailed: doctor found something wrong (exit status 1).
+var errChecksFailed = errors.New("some checks failed")
+
+// exit ends the process with the status err calls for.
+func exit(err error) {
+	var ue usageError
+	switch {
+	case err == nil:
+		return
+	case errors.As(err, &ue):
+		fmt.Fprintln(os.Stderr, "vxbridge:", err)
+		os.Exit(2)
+	case errors.Is(err, errChecksFailed):
+		os.Exit(1) // doctor printed why
+	}
+	fmt.Fprintln(os.Stderr, "vxbridge:", err)
+	os.Exit(1)
+}
+
+// opsFlags parses a command's flags (--socket, --json) and checks the
+// number of arguments left.
+func opsFlags(name, argsUsage string, args []string, minArgs, maxArgs int) (socket string, asJSON bool, rest []string, err error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&socket, "socket", "", "plugin socket (default: the legacy socket, else the managed plugin's)")
+	fs.BoolVar(&asJSON, "json", false, "print JSON, for scripts")
+	usage := fmt.Sprintf("usage: vxbridge %s [--json] [--socket PATH] %s", name, argsUsage)
+	if err := fs.Parse(args); err != nil {
+		return "", false, nil, usageError{fmt.Errorf("%s: %w\n%s", name, err, usage)}
+	}
+	if fs.NArg() < minArgs || fs.NArg() > maxArgs {
+		return "", false, nil, usageError{fmt.Errorf("%s: wrong number of arguments (%d)\n%s", name, fs.NArg(), usage)}
+	}
+	return socket, asJSON, fs.Args(), nil
+}
+
+// opsRoutes are the plugin's side of these commands.
+func opsRoutes(drv *driver.Driver) map[string]plugin.Own {
+	return map[string]plugin.Own{
+		plugin.ListPath: func(json.RawMessage) (any, error) { return drv.List() },
+		plugin.PeersPath: func(json.RawMessage) (any, error) {
+			ps, err := drv.Peers(context.Background())
+			if errors.Is(err, driver.ErrNoCluster) {
+				return peersAnswer{}, nil
+			}
+			return peersAnswer{Cluster: true, Peers: ps}, err
+		},
+		plugin.DoctorPath: func(body json.RawMessage) (any, error) {
+			var req doctorRequest
+			if err := json.Unmarshal(body, &req); err != nil {
+				return nil, fmt.Errorf("doctor request: %w", err)
+			}
+			cs, err := drv.Doctor(context.Background(), req.Targets)
+			return doctorAnswer{Checks: cs}, err
+		},
+		plugin.ForgetHostPath: func(body json.RawMessage) (any, error) {
+			var req forgetRequest
+			if err := json.Unmarshal(body, &req); err != nil {
+				return nil, fmt.Errorf("forget-host request: %w", err)
+			}
+			n, err := drv.ForgetHost(req.Host)
+			return forgetAnswer{Blocks: n}, err
+		},
+	}
+}
+
+type lsEntry struct {
+	Name string
+	driver.ListEntry
+}
+
+func ls(args []string) error {
+	socket, asJSON, _, err := opsFlags("ls", "", args, 0, 0)
+	if err != nil {
+		return err
+	}
+	body, err := call(socket, plugin.ListPath, struct{}{})
+	if err != nil {
+		return err
+	}
+	var list []driver.ListEntry
+	if err := json.Unmarshal(body, &list); err != nil {
+		return fmt.Errorf("decode networks: %w", err)
+	}
+	out := make([]lsEntry, len(list))
+	for i, e := range list {
+		out[i] = lsEntry{Name: inspectNetwork(e.ID).Name, ListEntry: e}
+	}
+	if asJSON {
+		return printValue(out)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NETWORK ID\tNAME\tKIND\tBRIDGE\tSUBNET\tGATEWAY\tVNI\tMTU\tENDPOINTS\tCLUSTER")
+	for _, e := range out {
+		kind, vni, cl := "local", "-", "-"
+		if e.Overlay != "" {
+			kind, vni, cl = "overlay", fmt.Sprint(e.VNI), fmt.Sprint(e.ClusterEndpoints)
+			if e.ClusterEndpoints < 0 {
+				cl = "?" // Consul did not answer
+			}
+		}
+		if e.Internal {
+			kind += ",internal"
+		}
+		if e.Broken != "" {
+			kind += ",BROKEN"
+		}
+		subnet, gw := join(e.Subnet4, e.Subnet6), join(e.Gateway4, e.Gateway6)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.ID[:min(12, len(e.ID))], e.Name, kind, e.Bridge, subnet, gw, vni, e.MTU, e.Endpoints, cl)
+	}
+	return w.Flush()
+}
+
+// join shows an IPv4 and an IPv6 value side by side; "-" for none.
+func join[T interface{ IsValid() bool }](v4, v6 T) string {
+	var s []string
+	for _, v := range []T{v4, v6} {
+		if v.IsValid() {
+			s = append(s, fmt.Sprint(v))
+		}
+	}
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}
+
+func printValue(v any) error {
+	out, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(out))
+	return nil
+}
+
+// peersAnswer: Cluster is false on a host without Consul (no peers, not
+// an error).
+type peersAnswer struct {
+	Cluster bool
+	Peers   []driver.PeerStatus
+}
+
+func peers(args []string) error {
+	socket, asJSON, _, err := opsFlags("peers", "", args, 0, 0)
+	if err != nil {
+		return err
+	}
+	body, err := call(socket, plugin.PeersPath, struct{}{})
+	if err != nil {
+		return err
+	}
+	var a peersAnswer
+	if err := json.Unmarshal(body, &a); err != nil {
+		return fmt.Errorf("decode peers: %w", err)
+	}
+	if asJSON {
+		return printValue(a)
+	}
+	if !a.Cluster {
+		fmt.Println("this host is in no cluster (the plugin's CONSUL_HTTP_ADDR is not set): no overlay peers")
+		return nil
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "HOST\tTUNNEL ADDRESS\tENDPOINTS\tENTRIES HERE")
+	for _, p := range a.Peers {
+		host, entries := p.Host, "complete"
+		if p.Self {
+			host += " (this host)"
+			entries = "-"
+		} else if !p.Complete {
+			entries = fmt.Sprintf("%d missing, %d stale", len(p.Missing), len(p.Stale))
+		}
+		var eps []string
+		for ov, n := range p.Endpoints {
+			eps = append(eps, fmt.Sprintf("%s:%d", ov, n))
+		}
+		slices.Sort(eps)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", host, p.VTEP, cmp.Or(strings.Join(eps, " "), "-"), entries)
+	}
+	return w.Flush()
+}
+
+type doctorRequest struct{ Targets []string }
+
+type doctorAnswer struct{ Checks []driver.Check }
+
+// containerName is what dockerd accepts as a container name or ID.
+var containerName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+func doctor(args []string) error {
+	socket, asJSON, rest, err := opsFlags("doctor", "[A [B]]  (container names or IDs, or addresses)", args, 0, 2)
+	if err != nil {
+		return err
+	}
+	var targets []string
+	if len(rest) > 0 {
+		body, err := call(socket, plugin.ListPath, struct{}{})
+		if err != nil {
+			return err
+		}
+		var list []driver.ListEntry
+		if err := json.Unmarshal(body, &list); err != nil {
+			return fmt.Errorf("decode networks: %w", err)
+		}
+		ours := map[string]bool{}
+		for _, n := range list {
+			ours[n.ID] = true
+		}
+		for _, a := range rest {
+			ts, err := resolveTarget(a, ours)
+			if err != nil {
+				return err
+			}
+			targets = append(targets, ts...)
+		}
+	}
+	body, err := call(socket, plugin.DoctorPath, doctorRequest{Targets: targets})
+	if err != nil {
+		return err
+	}
+	var a doctorAnswer
+	if err := json.Unmarshal(body, &a); err != nil {
+		return fmt.Errorf("decode checks: %w", err)
+	}
+	failed := 0
+	for _, c := range a.Checks {
+		if !c.OK {
+			failed++
+		}
+	}
+	if asJSON {
+		if err := printValue(a); err != nil {
+			return err
+		}
+	} else {
+		for _, c := range a.Checks {
+			if c.OK {
+				fmt.Println("✔", c.Name)
+			} else {
+				fmt.Println("✘", c.Name)
+				fmt.Println("   ", c.Fix)
+			}
+		}
+		if failed == 0 {
+			fmt.Printf("all %d checks hold\n", len(a.Checks))
+		} else {
+			fmt.Printf("%d of %d checks failed\n", failed, len(a.Checks))
+		}
+	}
+	if failed > 0 {
+		return errChecksFailed
+	}
+	return nil
+}
+
+// resolveTarget turns a doctor argument into what the plugin knows: an
+// address stays as it is (it may be a container on another host); a
+// container becomes its endpoints on vxbridge networks (ours), found
+// through dockerd.
+func resolveTarget(a string, ours map[string]bool) ([]string, error) {
+	if _, err := netip.ParseAddr(a); err == nil {
+		return []string{a}, nil
+	}
+	if !containerName.MatchString(a) {
+		return nil, usageError{fmt.Errorf("doctor: %q is neither an address nor a container name or ID", a)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := dockerd().Container(ctx, a)
+	if errors.Is(err, reconcile.ErrNotFound) {
+		return nil, usageError{fmt.Errorf("doctor: no container %q here (give a remote container by its address)", a)}
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ts []string
+	for _, n := range c.NetworkSettings.Networks {
+		if ours[n.NetworkID] && n.EndpointID != "" {
+			ts = append(ts, n.EndpointID)
+		}
+	}
+	if len(ts) == 0 {
+		return nil, usageError{fmt.Errorf("doctor: container %q is on no vxbridge network", a)}
+	}
+	return ts, nil
+}
+
+type forgetRequest struct{ Host string }
+
+type forgetAnswer struct{ Blocks int }
+
+func forgetHost(args []string) error {
+	socket, asJSON, rest, err := opsFlags("forget-host", "NAME", args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if rest[0] == "" || strings.Contains(rest[0], "/") {
+		return usageError{fmt.Errorf("forget-host: %q is not a host name", rest[0])}
+	}
+	body, err := call(socket, plugin.ForgetHostPath, forgetRequest{Host: rest[0]})
+	if err != nil {
+		return err
+	}
+	var a forgetAnswer
+	if err := json.Unmarshal(body, &a); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	if asJSON {
+		return printValue(a)
+	}
+	fmt.Printf("host %s forgotten: %d address block(s) released\n", rest[0], a.Blocks)
+	return nil
+}

@@ -1,0 +1,265 @@
+//go:build lab
+
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	overlaydev "github.com/vxbridge/vxbridge/overlay"
+)
+
+// The operator's commands across the three hosts: peers (three, with
+// complete entries), ls of an overlay, doctor naming an FDB entry deleted
+// on one host (and only there), forget-host's refusals.
+
+var cliBin string
+
+// cli runs the vxbridge CLI against host h's plugin and dockerd; it
+// returns the output and the exit status.
+func (h host) cli(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	if cliBin == "" {
+		bin := filepath.Join(t.TempDir(), "vxbridge")
+		if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
+			t.Fatalf("build the CLI: %v\n%s", err, out)
+		}
+		cliBin = bin
+		t.Cleanup(func() { cliBin = "" }) // the folder goes with the test
+	}
+	socks, _ := filepath.Glob(filepath.Join(h.dir, "run-docker", "plugins", "*", "vxbridge.sock"))
+	if len(socks) != 1 {
+		t.Fatalf("host %s: want one plugin socket, found %v", h.name, socks)
+	}
+	// The socket's full path is too long for a unix address: dial it
+	// relative to its folder.
+	cmd := exec.Command(cliBin, append(args[:1:1], append([]string{"--socket", filepath.Base(socks[0])}, args[1:]...)...)...)
+	cmd.Dir = filepath.Dir(socks[0])
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+h.dockerHost)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &ee):
+		return string(out), ee.ExitCode()
+	}
+	t.Fatalf("vxbridge %s: %v", strings.Join(args, " "), err)
+	return "", 0
+}
+
+type peerStatus struct {
+	Host      string
+	VTEP      string
+	Self      bool
+	Endpoints map[string]int
+	Missing   []string
+	Complete  bool
+}
+
+func (h host) peers(t *testing.T) []peerStatus {
+	t.Helper()
+	out, code := h.cli(t, "peers", "--json")
+	var a struct {
+		Cluster bool
+		Peers   []peerStatus
+	}
+	if err := json.Unmarshal([]byte(out), &a); err != nil || code != 0 || !a.Cluster {
+		t.Fatalf("host %s: vxbridge peers --json: exit %d, %v\n%s", h.name, code, err, out)
+	}
+	return a.Peers
+}
+
+func failedChecks(out string) []string {
+	var fs []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "✘") {
+			fs = append(fs, l)
+		}
+	}
+	return fs
+}
+
+func TestUpOperatorCommands(t *testing.T) {
+	needLab(t)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	const nw = "opsdemo"
+	overlay(t, a, nw, "--subnet", "10.211.0.0/24")
+	for _, h := range []host{b, c} {
+		waitUntil(t, 10*time.Second, "overlay "+nw+" on host "+h.name, func() bool { return h.hasNetwork(nw) })
+	}
+	ips := map[string]string{}
+	for _, h := range hosts {
+		name := "ops" + strings.ToLower(h.name)
+		h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
+		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+		ips[h.name] = h.ipOf(t, name, nw)
+	}
+	if !a.canPing("opsa", ips["B"]) || !a.canPing("opsa", ips["C"]) {
+		t.Fatalf("opsa on A cannot reach B and C")
+	}
+
+	// peers: every host sees three, its own entries for the two others
+	// complete, one endpoint each on the overlay.
+	names := map[string]string{} // lab host → cluster host name
+	vteps := map[string]string{}
+	for _, h := range hosts {
+		ps := h.peers(t)
+		if len(ps) != 3 {
+			t.Fatalf("host %s: vxbridge peers lists %d hosts, want 3: %+v", h.name, len(ps), ps)
+		}
+		for _, p := range ps {
+			if p.Self {
+				names[h.name], vteps[h.name] = p.Host, p.VTEP
+				continue
+			}
+			if !p.Complete || p.Endpoints[nw] != 1 {
+				t.Fatalf("host %s: peer %+v: want complete entries and 1 endpoint on %s", h.name, p, nw)
+			}
+		}
+		if vteps[h.name] != h.underlay.String() {
+			t.Fatalf("host %s: its own tunnel address %q, want %s", h.name, vteps[h.name], h.underlay)
+		}
+		out, _ := h.cli(t, "peers")
+		t.Logf("host %s: vxbridge peers:\n%s", h.name, out)
+	}
+
+	// ls on A: the overlay with its VNI, MTU, and endpoints here and
+	// cluster-wide.
+	out, code := a.cli(t, "ls", "--json")
+	var list []struct {
+		Name, Overlay                    string
+		VNI                              uint32
+		MTU, Endpoints, ClusterEndpoints int
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || code != 0 {
+		t.Fatalf("vxbridge ls --json on A: exit %d, %v\n%s", code, err, out)
+	}
+	var vni uint32
+	for _, n := range list {
+		if n.Overlay == nw {
+			vni = n.VNI
+			if n.Name != nw || n.VNI == 0 || n.MTU != 1450 || n.Endpoints != 1 || n.ClusterEndpoints != 3 {
+				t.Fatalf("ls on A shows %+v, want name %s, a VNI, MTU 1450, 1 endpoint here and 3 in the cluster", n, nw)
+			}
+		}
+	}
+	if vni == 0 {
+		t.Fatalf("ls on A lacks overlay %s:\n%s", nw, out)
+	}
+	out, _ = a.cli(t, "ls")
+	t.Logf("vxbridge ls on A:\n%s", out)
+
+	// doctor: all well from A's container to B's (remote, by address).
+	for _, h := range hosts {
+		if out, code := h.cli(t, "doctor"); code != 0 {
+			t.Fatalf("host %s: doctor on a healthy lab: exit %d\n%s", h.name, code, out)
+		}
+	}
+	if out, code := a.cli(t, "doctor", "opsa", ips["B"]); code != 0 {
+		t.Fatalf("doctor opsa %s on A: exit %d\n%s", ips["B"], code, out)
+	}
+
+	// An FDB entry deleted on A: the one for B's container.
+	mac := b.docker(t, "inspect", "-f", `{{(index .NetworkSettings.Networks "`+nw+`").MacAddress}}`, "opsb")
+	dev := overlaydev.DeviceName(vni)
+	if out, err := run("ip", "netns", "exec", a.netns, "bridge", "fdb", "del", mac, "dev", dev, "dst", b.underlay.String(), "self"); err != nil {
+		t.Fatalf("delete A's FDB entry for %s on %s: %v\n%s", mac, dev, err, out)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			run("ip", "netns", "exec", a.netns, "bridge", "fdb", "append", mac, "dev", dev, "dst", b.underlay.String(), "self", "permanent")
+			restored = true
+		}
+	}
+	t.Cleanup(restore)
+	for _, args := range [][]string{{"doctor", "opsa", ips["B"]}, {"doctor"}} {
+		out, code := a.cli(t, args...)
+		fs := failedChecks(out)
+		if code != 1 || len(fs) != 1 || !strings.Contains(fs[0], "FDB") || !strings.Contains(out, "fdb "+mac) {
+			t.Fatalf("A: vxbridge %s with B's FDB entry deleted: exit %d, failed %q; want exit 1 and one check naming it:\n%s", strings.Join(args, " "), code, fs, out)
+		}
+		t.Logf("A: vxbridge %s with B's FDB entry deleted:\n%s", strings.Join(args, " "), out)
+	}
+	for _, p := range a.peers(t) {
+		if want := p.Host != names["B"]; p.Complete != want && !p.Self {
+			t.Fatalf("A: peers with B's FDB entry deleted: %+v (complete: want %v)", p, want)
+		}
+	}
+	for _, h := range []host{b, c} {
+		if out, code := h.cli(t, "doctor"); code != 0 {
+			t.Fatalf("host %s: doctor with an entry deleted on A only: exit %d\n%s", h.name, code, out)
+		}
+	}
+	restore()
+	if out, code := a.cli(t, "doctor", "opsa", ips["B"]); code != 0 {
+		t.Fatalf("doctor on A once the entry is back: exit %d\n%s", code, out)
+	}
+
+	// forget-host refuses this host and a live one; a dead (unknown) one
+	// has no blocks to give back.
+	if out, code := a.cli(t, "forget-host", names["A"]); code != 1 || !strings.Contains(out, "is this host") {
+		t.Fatalf("forget-host of A on A: exit %d\n%s", code, out)
+	}
+	if out, code := a.cli(t, "forget-host", names["B"]); code != 1 || !strings.Contains(out, "is alive") {
+		t.Fatalf("forget-host of live B on A: exit %d\n%s", code, out)
+	}
+	if out, code := a.cli(t, "forget-host", "ghost"); code != 0 || !strings.Contains(out, "0 address block") {
+		t.Fatalf("forget-host of an unknown host: exit %d\n%s", code, out)
+	}
+}
+
+// A peer's plugin stopped: once its session expires, its containers are
+// gone from the cluster, peers lists two hosts, and doctor from A says
+// the address is known nowhere alive, pointing at a stopped plugin.
+func TestUpDoctorPeerStopped(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw = "opsstop"
+	overlay(t, a, nw, "--subnet", "10.212.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay "+nw+" on host B", func() bool { return b.hasNetwork(nw) })
+	for _, h := range []host{a, b} {
+		name := "stop" + strings.ToLower(h.name)
+		h.docker(t, "run", "-d", "--name", name, "--network", nw, image, "sleep", "600")
+		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+	}
+	ipB := b.ipOf(t, "stopb", nw)
+	if !a.canPing("stopa", ipB) {
+		t.Fatalf("stopa on A cannot reach %s on B", ipB)
+	}
+	if out, code := a.cli(t, "doctor", "stopa", ipB); code != 0 {
+		t.Fatalf("doctor stopa %s on A: exit %d\n%s", ipB, code, out)
+	}
+
+	b.docker(t, "plugin", "disable", "-f", driver)
+	enabled := false
+	enable := func() {
+		if !enabled {
+			run("docker", "-H", b.dockerHost, "plugin", "enable", driver)
+			enabled = true
+		}
+	}
+	t.Cleanup(enable)
+	took := waitUntil(t, 90*time.Second, "B's session to expire", func() bool { return len(a.peers(t)) == 2 })
+	t.Logf("B's session expired %v after its plugin stopped", took)
+	out, code := a.cli(t, "doctor", "stopa", ipB)
+	fs := failedChecks(out)
+	if code != 1 || len(fs) != 1 || !strings.Contains(fs[0], ipB) || !strings.Contains(out, "plugin is stopped") {
+		t.Fatalf("doctor on A with B's plugin stopped: exit %d, failed %q; want exit 1 and one check naming %s:\n%s", code, fs, ipB, out)
+	}
+	t.Logf("doctor on A with B's plugin stopped:\n%s", out)
+
+	enable()
+	waitUntil(t, 90*time.Second, "B back in the cluster", func() bool { return len(a.peers(t)) == 3 })
+	waitUntil(t, 30*time.Second, "doctor on A all well again", func() bool {
+		_, code := a.cli(t, "doctor", "stopa", ipB)
+		return code == 0
+	})
+}
