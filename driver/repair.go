@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/vxbridge/vxbridge/kernel"
 )
 
 // Repairs says what one Repair changed; all zero means the kernel already
@@ -256,7 +258,7 @@ func deleteOrphanLinks(o owned) (int, error) {
 		if !orphan {
 			continue
 		}
-		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
+		if err := netlink.LinkDel(l); err != nil && !kernel.LinkNotFound(err) {
 			return n, fmt.Errorf("delete orphan %s %s: %w", l.Type(), name, err)
 		}
 		n++

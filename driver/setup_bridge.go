@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,6 +8,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/vxbridge/vxbridge/kernel"
 )
 
 // ensureBridge makes the network's bridge exist, up, with its MTU and
@@ -18,7 +19,7 @@ func ensureBridge(n *Network) error {
 	name := n.Options.Bridge
 	link, err := netlink.LinkByName(name)
 	if err != nil {
-		if !isNotFound(err) {
+		if !kernel.LinkNotFound(err) {
 			return fmt.Errorf("look up bridge %s: %w", name, err)
 		}
 		la := netlink.NewLinkAttrs()
@@ -68,21 +69,16 @@ func ensureBridge(n *Network) error {
 // with it.
 func deleteLink(kind, name string) error {
 	link, err := netlink.LinkByName(name)
-	if isNotFound(err) {
+	if kernel.LinkNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("look up %s %s: %w", kind, name, err)
 	}
-	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := netlink.LinkDel(link); err != nil && !kernel.LinkNotFound(err) {
 		return fmt.Errorf("delete %s %s: %w", kind, name, err)
 	}
 	return nil
-}
-
-func isNotFound(err error) bool {
-	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

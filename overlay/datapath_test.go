@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vxbridge/vxbridge/kernel"
 )
 
 const (
@@ -276,7 +278,7 @@ func TestTwoHostsOverVXLAN(t *testing.T) {
 				t.Fatalf("DeleteDevice run %d: %v", i+1, err)
 			}
 		}
-		if _, err := h1.nl.LinkByName(testDev); !isNotFound(err) {
+		if _, err := h1.nl.LinkByName(testDev); !kernel.LinkNotFound(err) {
 			t.Fatalf("device after delete: %v", err)
 		}
 		fdb, err := h1.nl.NeighList(0, unix.AF_BRIDGE)

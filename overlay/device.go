@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/vxbridge/vxbridge/kernel"
 )
 
 const (
@@ -115,7 +117,7 @@ func (d Device) differs(v *netlink.Vxlan) string {
 func ensureDevice(h *netlink.Handle, d Device) (err error) {
 	name := DeviceName(d.VNI)
 	br, err := h.LinkByName(d.Bridge)
-	if isNotFound(err) {
+	if kernel.LinkNotFound(err) {
 		return fmt.Errorf("vxlan device %s: bridge %s does not exist", name, d.Bridge)
 	}
 	if err != nil {
@@ -130,7 +132,7 @@ func ensureDevice(h *netlink.Handle, d Device) (err error) {
 
 	link, err := h.LinkByName(name)
 	switch {
-	case isNotFound(err):
+	case kernel.LinkNotFound(err):
 		link = nil
 	case err != nil:
 		return fmt.Errorf("look up vxlan device %s: %w", name, err)
@@ -220,7 +222,7 @@ func vniHolder(h *netlink.Handle, vni uint32, err error) error {
 func deleteDevice(h *netlink.Handle, vni uint32) error {
 	name := DeviceName(vni)
 	link, err := h.LinkByName(name)
-	if isNotFound(err) {
+	if kernel.LinkNotFound(err) {
 		return nil
 	}
 	if err != nil {
@@ -229,7 +231,7 @@ func deleteDevice(h *netlink.Handle, vni uint32) error {
 	if _, ok := link.(*netlink.Vxlan); !ok {
 		return fmt.Errorf("delete vxlan device %s: an interface of type %s has that name", name, link.Type())
 	}
-	if err := h.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := h.LinkDel(link); err != nil && !kernel.LinkNotFound(err) {
 		return fmt.Errorf("delete vxlan device %s: %w", name, err)
 	}
 	return nil
@@ -248,9 +250,4 @@ func deviceVNIs(h *netlink.Handle) ([]uint32, error) {
 		}
 	}
 	return out, nil
-}
-
-func isNotFound(err error) bool {
-	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }

@@ -23,6 +23,8 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/vxbridge/vxbridge/kernel"
 )
 
 // ErrClosed is returned by calls on a closed Overlay.
@@ -223,7 +225,7 @@ func (o *Overlay) program(vni uint32, gone []entry) error {
 func (o *Overlay) device(vni uint32) (*netlink.Vxlan, error) {
 	name := DeviceName(vni)
 	link, err := o.nl.LinkByName(name)
-	if isNotFound(err) {
+	if kernel.LinkNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
