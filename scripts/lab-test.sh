@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # lab-test.sh: the lab tests (tests/lab, build tag lab) from nothing to nothing:
-# build them, `lab.sh up`, the TestUp* tests, `lab.sh down` (also after a
+# build them, `lab.sh down` (whatever lab is left), `lab.sh up`, the TestUp* tests, `lab.sh down` (also after a
 # failure), then TestDown* (nothing of the lab is left, the main dockerd's
 # plugin as it was). Prints how long each step took.
 #   lab-test.sh main-plugin   print how the main dockerd's plugin stands now
@@ -57,6 +57,9 @@ VXLAB_MAIN_PLUGIN=$(main_plugin)
 rc=0
 step "build tests" go test -tags lab -c -o "$tmp/lab.test" ./tests/lab || rc=1
 if [ $rc -eq 0 ]; then
+	# From nothing: a lab left up (or its namespaces, after a reboot or a
+	# killed session) would keep the plugin it was made with, not this tree's.
+	step "old lab down" bash scripts/lab.sh down >/dev/null 2>&1 || rc=1
 	step "lab up" bash scripts/lab.sh up >/dev/null || rc=1
 	[ $rc -ne 0 ] || step "lab tests" tests '^TestUp' || rc=1
 	[ $rc -eq 0 ] || logs
