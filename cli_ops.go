@@ -111,13 +111,9 @@ func ls(args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := call(socket, plugin.ListPath, struct{}{})
-	if err != nil {
-		return err
-	}
 	var list []driver.ListEntry
-	if err := json.Unmarshal(body, &list); err != nil {
-		return fmt.Errorf("decode networks: %w", err)
+	if err := callInto(socket, plugin.ListPath, struct{}{}, &list); err != nil {
+		return err
 	}
 	out := make([]lsEntry, len(list))
 	for i, e := range list {
@@ -183,13 +179,9 @@ func peers(args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := call(socket, plugin.PeersPath, struct{}{})
-	if err != nil {
-		return err
-	}
 	var a peersAnswer
-	if err := json.Unmarshal(body, &a); err != nil {
-		return fmt.Errorf("decode peers: %w", err)
+	if err := callInto(socket, plugin.PeersPath, struct{}{}, &a); err != nil {
+		return err
 	}
 	if asJSON {
 		return printValue(a)
@@ -232,13 +224,9 @@ func doctor(args []string) error {
 	}
 	var targets []string
 	if len(rest) > 0 {
-		body, err := call(socket, plugin.ListPath, struct{}{})
-		if err != nil {
-			return err
-		}
 		var list []driver.ListEntry
-		if err := json.Unmarshal(body, &list); err != nil {
-			return fmt.Errorf("decode networks: %w", err)
+		if err := callInto(socket, plugin.ListPath, struct{}{}, &list); err != nil {
+			return err
 		}
 		ours := map[string]bool{}
 		for _, n := range list {
@@ -252,13 +240,9 @@ func doctor(args []string) error {
 			targets = append(targets, ts...)
 		}
 	}
-	body, err := call(socket, plugin.DoctorPath, doctorRequest{Targets: targets})
-	if err != nil {
-		return err
-	}
 	var a doctorAnswer
-	if err := json.Unmarshal(body, &a); err != nil {
-		return fmt.Errorf("decode checks: %w", err)
+	if err := callInto(socket, plugin.DoctorPath, doctorRequest{Targets: targets}, &a); err != nil {
+		return err
 	}
 	failed := 0
 	for _, c := range a.Checks {
@@ -335,13 +319,9 @@ func forgetHost(args []string) error {
 	if rest[0] == "" || strings.Contains(rest[0], "/") {
 		return usageError{fmt.Errorf("forget-host: %q is not a host name", rest[0])}
 	}
-	body, err := call(socket, plugin.ForgetHostPath, forgetRequest{Host: rest[0]})
-	if err != nil {
-		return err
-	}
 	var a forgetAnswer
-	if err := json.Unmarshal(body, &a); err != nil {
-		return fmt.Errorf("decode answer: %w", err)
+	if err := callInto(socket, plugin.ForgetHostPath, forgetRequest{Host: rest[0]}, &a); err != nil {
+		return err
 	}
 	if asJSON {
 		return printValue(a)

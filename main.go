@@ -339,6 +339,18 @@ func ask(args []string, path string) ([]byte, error) {
 	return call(*socket, path, struct{}{})
 }
 
+// callInto asks the plugin and decodes its JSON answer into v.
+func callInto(socket, path string, req, v any) error {
+	body, err := call(socket, path, req)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("decode the answer to %s: %w", path, err)
+	}
+	return nil
+}
+
 // call posts req, as JSON, to one of the plugin's own paths at socket
 // ("": found as findSocket does) and returns the answer.
 func call(socket, path string, req any) ([]byte, error) {
