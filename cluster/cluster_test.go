@@ -41,6 +41,43 @@ func node(t *testing.T, addr, host, dir string) *Node {
 	return n
 }
 
+// lab is two members a and b on one agent, a joined; b is left to the test.
+type lab struct {
+	t     *testing.T
+	ctx   context.Context
+	agent *consultest.Agent
+	dir   string
+	a, b  *Node
+	aStop context.CancelFunc
+}
+
+func newLab(t *testing.T, ctx context.Context) *lab {
+	t.Helper()
+	agent := consultest.Start(t)
+	l := &lab{t: t, ctx: ctx, agent: agent, dir: t.TempDir()}
+	l.a, l.b = node(t, agent.Addr, "a", l.dir), node(t, agent.Addr, "b", l.dir)
+	var aCtx context.Context
+	aCtx, l.aStop = context.WithCancel(ctx)
+	if err := l.a.Join(aCtx, nil); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// restartA stops a as a plugin restart does (its session is closed, not
+// destroyed) and starts it again on the same local store, with local as
+// the endpoints the driver lists.
+func (l *lab) restartA(local []Endpoint) *Node {
+	l.t.Helper()
+	l.aStop()
+	l.a.cfg.Local.Close()
+	l.a = node(l.t, l.agent.Addr, "a", l.dir)
+	if err := l.a.Join(l.ctx, local); err != nil {
+		l.t.Fatal(err)
+	}
+	return l.a
+}
+
 var demo = Overlay{Name: "demo", Subnet4: netip.MustParsePrefix("10.200.0.0/24"), Gateway4: netip.MustParseAddr("10.200.0.1"), MTU: 1450}
 
 func TestDefineIsOncePerClusterAndChecked(t *testing.T) {
@@ -124,15 +161,10 @@ func TestUndefineRefusedWhileAnotherHostHasContainers(t *testing.T) {
 // host, and sees it go; a restarted host resumes its session, so its
 // endpoints never blink.
 func TestWatchAdvertiseWithdrawAndResume(t *testing.T) {
-	agent := consultest.Start(t)
-	dir := t.TempDir()
-	a, b := node(t, agent.Addr, "a", dir), node(t, agent.Addr, "b", dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	aCtx, aStop := context.WithCancel(ctx)
-	if err := a.Join(aCtx, nil); err != nil {
-		t.Fatal(err)
-	}
+	l := newLab(t, ctx)
+	a, b := l.a, l.b
 	if _, err := a.Define(demo); err != nil {
 		t.Fatal(err)
 	}
@@ -177,12 +209,7 @@ func TestWatchAdvertiseWithdrawAndResume(t *testing.T) {
 
 	// a "restarts": its session is resumed from its local store, and
 	// its endpoint stays advertised throughout.
-	aStop()
-	a.cfg.Local.Close()
-	a = node(t, agent.Addr, "a", dir)
-	if err := a.Join(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
+	a = l.restartA(nil)
 	if !has(id) {
 		t.Fatal("the endpoint blinked across the restart")
 	}
@@ -210,15 +237,10 @@ func TestAdvertiseWithoutClusterFails(t *testing.T) {
 // re-advertises it without them: a restart (the driver's records hold no
 // names) and a repeated CreateEndpoint.
 func TestNamesOutliveRestartAndRepeat(t *testing.T) {
-	agent := consultest.Start(t)
-	dir := t.TempDir()
-	a, b := node(t, agent.Addr, "a", dir), node(t, agent.Addr, "b", dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	aCtx, aStop := context.WithCancel(ctx)
-	if err := a.Join(aCtx, nil); err != nil {
-		t.Fatal(err)
-	}
+	l := newLab(t, ctx)
+	a, b := l.a, l.b
 	id := strings.Repeat("d", 64)
 	ep := Endpoint{Overlay: "demo", ID: id, MAC: "02:42:0a:c8:00:03", IPv4: netip.MustParseAddr("10.200.0.3")}
 	if err := a.Advertise(ctx, ep); err != nil {
@@ -242,13 +264,8 @@ func TestNamesOutliveRestartAndRepeat(t *testing.T) {
 		t.Fatal(err)
 	}
 	names("advertised again without names")
-	aStop()
-	a.cfg.Local.Close()
-	a = node(t, agent.Addr, "a", dir)
 	ep.Host, ep.VTEP = "a", a.VTEP() // as the driver lists them
-	if err := a.Join(ctx, []Endpoint{ep}); err != nil {
-		t.Fatal(err)
-	}
+	a = l.restartA([]Endpoint{ep})
 	names("after a restart")
 	if got := a.LocalEndpoints(); len(got) != 1 || len(got[0].Names) != 2 {
 		t.Fatalf("local endpoints after the restart: %+v", got)
