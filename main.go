@@ -31,6 +31,7 @@ import (
 	"github.com/vxbridge/vxbridge/driver"
 	"github.com/vxbridge/vxbridge/ipam"
 	"github.com/vxbridge/vxbridge/metrics"
+	"github.com/vxbridge/vxbridge/overlay"
 	"github.com/vxbridge/vxbridge/plugin"
 	"github.com/vxbridge/vxbridge/reconcile"
 	"github.com/vxbridge/vxbridge/store"
@@ -107,7 +108,7 @@ func serve(args []string) error {
 		st = bolt
 	}
 	defer st.Close()
-	cs, err := clusterStore()
+	cs, err := clusterStore(log)
 	if err != nil {
 		return err
 	}
@@ -139,12 +140,13 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var observe plugin.Observer
+	var programmed overlay.Observer
 	if addr := os.Getenv("VXBRIDGE_METRICS_ADDR"); addr != "" {
 		m := metrics.New(metrics.Sources{Pools: alloc.Pools, Peers: drv.Peers})
 		if _, err := m.Serve(ctx, addr, log); err != nil {
 			return err
 		}
-		observe = m.Observe
+		observe, programmed = m.Observe, m.Programmed
 	}
 	h := plugin.NewHandler(drv, alloc, own, log, observe)
 	if cs != nil {
@@ -152,7 +154,7 @@ func serve(args []string) error {
 		// answers; the rest retries in the background.
 		joined := make(chan struct{})
 		go func() {
-			joinCluster(ctx, log, cs, st, host, drv, alloc, ovs, docker)
+			joinCluster(ctx, log, cs, st, host, drv, alloc, ovs, docker, programmed)
 			close(joined)
 		}()
 		select {

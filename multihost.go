@@ -29,11 +29,11 @@ import (
 // clusterStore opens the Consul store the environment names (the Consul
 // way: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, …), or returns
 // nil when none is set: a single host needs no Consul.
-func clusterStore() (*consul.Store, error) {
+func clusterStore(log *slog.Logger) (*consul.Store, error) {
 	if os.Getenv("CONSUL_HTTP_ADDR") == "" {
 		return nil, nil
 	}
-	return consul.Open(consul.Options{})
+	return consul.Open(consul.Options{Log: log})
 }
 
 // hostName names this host in the cluster: VXBRIDGE_HOST, else the
@@ -51,14 +51,14 @@ func hostName() string {
 // and starts the watches. Until Consul answers it retries in the
 // background: the plugin serves local networks meanwhile.
 func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local store.Store, host string,
-	drv *driver.Driver, pools driver.PoolBinder, ovs *reconcile.Overlays, docker *reconcile.Docker) {
+	drv *driver.Driver, pools driver.PoolBinder, ovs *reconcile.Overlays, docker *reconcile.Docker, seen overlay.Observer) {
 	// The resolver serves (and forwards) before the cluster answers: the
 	// overlay bridges send it every query their containers' DNS forwards.
 	table := &names.Table{}
 	startResolver(ctx, log, table)
 	vtep, err := tunnelAddress(ctx, cs)
-	for err != nil {
-		log.Warn("cannot join the cluster yet; overlay networks wait for it", "consul", cs.Address(), "err", err)
+	for lvl := slog.LevelWarn; err != nil; lvl = slog.LevelDebug { // once, then as the store (once per outage)
+		log.Log(ctx, lvl, "cannot join the cluster yet; overlay networks wait for it", "consul", cs.Address(), "err", err)
 		select {
 		case <-ctx.Done():
 			return
@@ -71,7 +71,7 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 		log.Error("cluster", "err", err)
 		return
 	}
-	dp := overlay.New(log)
+	dp := overlay.New(log, seen)
 	drv.Multihost(node, dp, pools)
 	eps, err := drv.OverlayEndpoints()
 	if err != nil {
@@ -140,7 +140,7 @@ func programPeers(ctx context.Context, log *slog.Logger, dp *overlay.Overlay, ho
 			log.Warn("endpoint with a bad MAC", "host", ep.Host, "endpoint", ep.ID, "err", err)
 			continue
 		}
-		byOverlay[ep.Overlay] = append(byOverlay[ep.Overlay], overlay.Peer{MAC: mac, IPv4: ep.IPv4, IPv6: ep.IPv6, VTEP: ep.VTEP})
+		byOverlay[ep.Overlay] = append(byOverlay[ep.Overlay], overlay.Peer{MAC: mac, IPv4: ep.IPv4, IPv6: ep.IPv6, VTEP: ep.VTEP, Advertised: ep.Advertised})
 	}
 	for _, def := range defs {
 		if err := dp.Sync(ctx, def.VNI, byOverlay[def.Name]); err != nil {

@@ -68,6 +68,9 @@ type Endpoint struct {
 	// dockerd knows them: learned after the endpoint is made (package
 	// names), so at first there are none.
 	Names []string `json:",omitempty"`
+	// Advertised is when its host put it in the cluster (that host's
+	// clock): other hosts measure how long they took to program it.
+	Advertised time.Time `json:",omitzero"`
 }
 
 // Shared is what the cluster store must offer: a store whose keys can be
@@ -156,11 +159,13 @@ func (n *Node) Join(ctx context.Context, local []Endpoint) error {
 
 func (n *Node) register(ctx context.Context) error {
 	var se store.Session
+	resumed := false
 	if b, err := n.cfg.Local.Get(sessionKey); err == nil {
 		if se, err = n.cfg.Store.ResumeSession(ctx, string(b)); err != nil && !errors.Is(err, store.ErrSessionGone) {
 			return fmt.Errorf("resume cluster session: %w", err)
 		}
 	}
+	resumed = se != nil
 	if se == nil {
 		var err error
 		if se, err = n.cfg.Store.NewSession(ctx, "vxbridge "+n.cfg.Host, n.cfg.TTL); err != nil {
@@ -181,20 +186,27 @@ func (n *Node) register(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list endpoints: %w", err)
 	}
-	named := map[string][]string{}
+	// A resumed session's endpoints are still in place: they keep when
+	// they were advertised. Under a new session they are put anew, now.
+	was := map[string]Endpoint{}
 	for _, ep := range decodeEndpoints(known) {
 		if ep.Host == n.cfg.Host {
-			named[ep.ID] = ep.Names
+			was[ep.ID] = ep
 		}
 	}
+	now := time.Now()
 	n.mu.Lock()
 	n.session = se
 	eps := make([]Endpoint, 0, len(n.local))
 	for id, ep := range n.local {
 		if ep.Names == nil {
-			ep.Names = named[id]
-			n.local[id] = ep
+			ep.Names = was[id].Names
 		}
+		ep.Advertised = now
+		if old, ok := was[id]; ok && resumed && !old.Advertised.IsZero() {
+			ep.Advertised = old.Advertised
+		}
+		n.local[id] = ep
 		eps = append(eps, ep)
 	}
 	n.mu.Unlock()
@@ -231,7 +243,11 @@ func (n *Node) keep(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 		if err := n.register(ctx); err != nil {
-			n.log.Warn("join the cluster", "err", err)
+			lvl := slog.LevelWarn // the store warns once per outage; this repeats every second
+			if errors.Is(err, store.ErrUnavailable) {
+				lvl = slog.LevelDebug
+			}
+			n.log.Log(ctx, lvl, "join the cluster", "err", err)
 		}
 	}
 }
@@ -251,7 +267,7 @@ func endpointKey(overlay, host, id string) string {
 // Advertise publishes a local endpoint to every host: once it returns,
 // their watches program it.
 func (n *Node) Advertise(ctx context.Context, ep Endpoint) error {
-	ep.Host, ep.VTEP = n.cfg.Host, n.cfg.VTEP
+	ep.Host, ep.VTEP, ep.Advertised = n.cfg.Host, n.cfg.VTEP, time.Now()
 	n.mu.Lock()
 	se := n.session
 	if old, ok := n.local[ep.ID]; ok && ep.Names == nil {
@@ -531,6 +547,10 @@ func (n *Node) Hosts() ([]Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
+	return decodeHosts(kv), nil
+}
+
+func decodeHosts(kv map[string][]byte) []Host {
 	var out []Host
 	for _, b := range kv {
 		var h Host
@@ -539,23 +559,32 @@ func (n *Node) Hosts() ([]Host, error) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return out
 }
 
 // Watch calls apply with the current definitions and endpoints, then again
-// after every change, until ctx ends. While the store cannot be reached it
-// keeps what was last applied and retries: traffic keeps flowing.
+// after every change, until ctx ends. The first call waits until every
+// watched prefix was read once, so it never gives a partial view (no
+// endpoints yet) that would clear the kernel's entries. While the store
+// cannot be reached it keeps what was last applied and retries: traffic
+// keeps flowing. It logs, once each, a peer host leaving (its session
+// ended) and joining.
 func (n *Node) Watch(ctx context.Context, apply func([]Overlay, []Endpoint)) {
 	changed := make(chan struct{}, 1)
 	var mu sync.Mutex
-	var overlays, endpoints map[string][]byte
+	var overlays, endpoints, hosts map[string][]byte // nil until read once
 	watch := func(prefix string, into *map[string][]byte) {
 		var index uint64
 		for ctx.Err() == nil {
 			kv, next, err := n.cfg.Store.Watch(ctx, prefix, index, time.Minute)
 			if err != nil {
 				if ctx.Err() == nil {
-					n.log.Warn("cluster watch", "prefix", prefix, "err", err)
+					// The store warns once per outage; this repeats every second.
+					lvl := slog.LevelWarn
+					if errors.Is(err, store.ErrUnavailable) {
+						lvl = slog.LevelDebug
+					}
+					n.log.Log(ctx, lvl, "cluster watch", "prefix", prefix, "err", err)
 					select {
 					case <-ctx.Done():
 					case <-time.After(time.Second):
@@ -564,7 +593,7 @@ func (n *Node) Watch(ctx context.Context, apply func([]Overlay, []Endpoint)) {
 				continue
 			}
 			mu.Lock()
-			same := index != 0 && equal(*into, kv)
+			same := *into != nil && equal(*into, kv)
 			*into = kv
 			mu.Unlock()
 			index = next
@@ -578,6 +607,8 @@ func (n *Node) Watch(ctx context.Context, apply func([]Overlay, []Endpoint)) {
 	}
 	go watch(overlaysKey, &overlays)
 	go watch(endpointsKey, &endpoints)
+	go watch(hostsKey, &hosts)
+	var alive map[string]bool // peer hosts at the last apply; nil before it
 	for {
 		select {
 		case <-ctx.Done():
@@ -585,12 +616,40 @@ func (n *Node) Watch(ctx context.Context, apply func([]Overlay, []Endpoint)) {
 		case <-changed:
 		}
 		mu.Lock()
-		os, eps := decodeOverlays(overlays), decodeEndpoints(endpoints)
+		if overlays == nil || endpoints == nil || hosts == nil {
+			mu.Unlock()
+			continue // the prefix still unread signals when it is read
+		}
+		os, eps, hs := decodeOverlays(overlays), decodeEndpoints(endpoints), decodeHosts(hosts)
 		mu.Unlock()
+		alive = n.peersChanged(alive, hs)
 		apply(os, eps)
 	}
 }
 
+// peersChanged logs the peer hosts that left (a warning: what was theirs
+// is gone from this host's kernel) or joined since was (nil: the first
+// view, nothing logged), and returns the peers now alive.
+func (n *Node) peersChanged(was map[string]bool, hs []Host) map[string]bool {
+	now := map[string]bool{}
+	for _, h := range hs {
+		if h.Name == n.cfg.Host {
+			continue
+		}
+		now[h.Name] = true
+		if was != nil && !was[h.Name] {
+			n.log.Info("peer host joined the cluster", "host", h.Name, "vtep", h.VTEP)
+		}
+	}
+	for h := range was {
+		if !now[h] {
+			n.log.Warn("peer host gone: its Consul session ended (plugin stopped, host down or cut off), so its "+
+				"containers' FDB and neighbour entries are removed here; its address blocks stay reserved until it "+
+				"comes back; fix: bring its plugin back, or if it is gone for good run: vxbridge forget-host "+h, "host", h)
+		}
+	}
+	return now
+}
 func equal(a, b map[string][]byte) bool {
 	if len(a) != len(b) {
 		return false

@@ -28,11 +28,14 @@ type Sources struct {
 	Peers func(context.Context) ([]driver.PeerStatus, error)
 }
 
-// Metrics holds the registry; Observe is the plugin server's hook.
+// Metrics holds the registry; Observe is the plugin server's hook,
+// Programmed the overlay data path's.
 type Metrics struct {
-	reg      *prometheus.Registry
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	convergence prometheus.Histogram
+	programming prometheus.Histogram
 }
 
 // New registers vxbridge's metrics.
@@ -46,9 +49,30 @@ func New(src Sources) *Metrics {
 			Name: "vxbridge_request_duration_seconds", Help: "Time to answer a request, by method.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9), // 0.5 ms … 33 s
 		}, []string{"method"}),
+		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "vxbridge_overlay_convergence_seconds",
+			Help: "From a remote endpoint advertised in Consul by its host to its FDB and neighbour entries programmed " +
+				"here. Measured across the two hosts' clocks: skew adds to it (a negative value counts as 0).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16), // 1 ms … 33 s
+		}),
+		programming: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vxbridge_overlay_programming_seconds",
+			Help:    "From a remote endpoint delivered by this host's Consul watch to its entries programmed here (this host's clock).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 0.1 ms … 3.3 s
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, collector{src})
+	m.reg.MustRegister(m.requests, m.latency, m.convergence, m.programming, collector{src})
 	return m
+}
+
+// Programmed records one remote endpoint first programmed into this
+// host's kernel (overlay.Observer): advertised by its host (zero:
+// unknown, from a plugin that sent no time), given here by the watch.
+func (m *Metrics) Programmed(advertised, given, programmed time.Time) {
+	if !advertised.IsZero() {
+		m.convergence.Observe(max(0, programmed.Sub(advertised).Seconds()))
+	}
+	m.programming.Observe(programmed.Sub(given).Seconds())
 }
 
 // Observe records one request; path is the protocol path

@@ -26,6 +26,10 @@ func TestEndpoint(t *testing.T) {
 	m.Observe("/NetworkDriver.Join", 3*time.Millisecond, nil)
 	m.Observe("/NetworkDriver.Join", time.Millisecond, nil)
 	m.Observe("/IpamDriver.RequestAddress", time.Millisecond, errors.New("exhausted"))
+	now := time.Now()
+	m.Programmed(now.Add(-20*time.Millisecond), now.Add(-time.Millisecond), now)
+	m.Programmed(now.Add(time.Second), now.Add(-time.Millisecond), now) // a clock ahead: counts as 0
+	m.Programmed(time.Time{}, now.Add(-time.Millisecond), now)          // advertised by an older plugin
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addr, err := m.Serve(ctx, "127.0.0.1:0", slog.New(slog.DiscardHandler))
@@ -47,6 +51,9 @@ func TestEndpoint(t *testing.T) {
 		`vxbridge_overlay_peers 2`,
 		`vxbridge_overlay_peer_entries_complete{host="b"} 1`,
 		`vxbridge_overlay_peer_entries_complete{host="c"} 0`,
+		"vxbridge_overlay_convergence_seconds_sum 0.02\n",
+		"vxbridge_overlay_convergence_seconds_count 2\n",
+		"vxbridge_overlay_programming_seconds_count 3\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %s:\n%s", want, out)

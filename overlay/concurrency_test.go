@@ -62,7 +62,7 @@ func TestConcurrentChanges(t *testing.T) {
 }
 
 func TestCanceledAndClosed(t *testing.T) {
-	o := New(quietLog())
+	o := New(quietLog(), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	p := testPeer(3, "192.0.2.2")

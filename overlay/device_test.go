@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -178,5 +179,52 @@ func TestEnsureDeviceRepairs(t *testing.T) {
 	addVeth(t, h.nl, "vxo-8")
 	if vnis, err := h.ov.Devices(ctx); err != nil || len(vnis) != 1 || vnis[0] != 42 {
 		t.Fatalf("Devices = %v, %v", vnis, err)
+	}
+}
+
+// Each remote endpoint is reported once, when its entries first reach the
+// kernel: not again on a later Sync, not for entries the kernel already
+// held (a restarted plugin), not for a peer behind this host's own VTEP.
+func TestProgrammedObserved(t *testing.T) {
+	h, d := oneHost(t)
+	ctx := context.Background()
+	type seen struct{ advertised, given, programmed time.Time }
+	var got []seen
+	ov := newOverlay(handleAt(t, h.ns), quietLog(), func(a, g, p time.Time) { got = append(got, seen{a, g, p}) })
+	t.Cleanup(ov.Close)
+
+	// Given before the device exists: programmed (and reported) when
+	// EnsureDevice makes it.
+	p3 := testPeer(3, "192.0.2.2")
+	p3.Advertised = time.Now().Add(-2 * time.Second)
+	if err := ov.Add(ctx, 42, p3); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := ov.EnsureDevice(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !got[0].advertised.Equal(p3.Advertised) || got[0].programmed.Sub(got[0].given) < 10*time.Millisecond ||
+		got[0].programmed.Sub(got[0].advertised) < 2*time.Second {
+		t.Fatalf("after EnsureDevice: reports %+v, want one for the peer advertised 2 s ago, given 10 ms before", got)
+	}
+	p4 := testPeer(4, "192.0.2.3")
+	local := testPeer(5, h.vtep.String()) // on this host's own bridge: never programmed
+	for range 2 {
+		if err := ov.Sync(ctx, 42, []Peer{p3, p4, local}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 2 || !got[1].advertised.IsZero() {
+		t.Fatalf("after syncing a new peer twice: reports %+v, want one more, with no advertised time", got)
+	}
+	// A restarted plugin finds the entries in place: nothing to report.
+	again := newOverlay(handleAt(t, h.ns), quietLog(), func(a, g, p time.Time) { got = append(got, seen{a, g, p}) })
+	t.Cleanup(again.Close)
+	if err := again.Sync(ctx, 42, []Peer{p3, p4}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("a restart reported entries the kernel held: %+v", got)
 	}
 }

@@ -95,7 +95,7 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 // of its own; it is closed when the test ends.
 func newTestOverlay(t *testing.T, ns netns.NsHandle) *Overlay {
 	t.Helper()
-	o := newOverlay(handleAt(t, ns), quietLog())
+	o := newOverlay(handleAt(t, ns), quietLog(), nil)
 	t.Cleanup(o.Close)
 	return o
 }

@@ -21,6 +21,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -38,18 +39,27 @@ type Overlay struct {
 	quit chan struct{}
 	done chan struct{}
 	tab  table // used by the loop goroutine only
+	seen Observer
 }
 
+// Observer hears, once per remote endpoint (incarnation), when its
+// entries were first in this host's kernel: advertised is when its host
+// advertised it (by that host's clock, so skewed by the clocks'
+// difference; zero if unknown), given when the control plane gave it
+// here. It runs on the loop goroutine: it must be quick.
+type Observer func(advertised, given, programmed time.Time)
+
 // New starts the goroutine that applies every change, in the process's
-// network namespace (the host's, for the plugin). Close stops it.
-func New(log *slog.Logger) *Overlay {
-	return newOverlay(&netlink.Handle{}, log) // a zero Handle opens a socket per call
+// network namespace (the host's, for the plugin). Close stops it. seen
+// may be nil.
+func New(log *slog.Logger, seen Observer) *Overlay {
+	return newOverlay(&netlink.Handle{}, log, seen) // a zero Handle opens a socket per call
 }
 
 // newOverlay programs through h, so tests can aim an Overlay at a
 // namespace of theirs.
-func newOverlay(h *netlink.Handle, log *slog.Logger) *Overlay {
-	o := &Overlay{nl: h, log: log, ops: make(chan func()), quit: make(chan struct{}), done: make(chan struct{})}
+func newOverlay(h *netlink.Handle, log *slog.Logger, seen Observer) *Overlay {
+	o := &Overlay{nl: h, log: log, seen: seen, ops: make(chan func()), quit: make(chan struct{}), done: make(chan struct{})}
 	go o.loop()
 	return o
 }
@@ -218,7 +228,29 @@ func (o *Overlay) program(vni uint32, gone []entry) error {
 	if len(del)+len(add) > 0 {
 		o.log.Debug("programmed peers", "device", dev.Name, "added", len(add), "deleted", len(del))
 	}
+	o.observe(vni, local(dev), add)
 	return nil
+}
+
+// observe reports the peers of vni programmed for the first time: those
+// with an entry among add. A peer whose entries the kernel already held
+// (from before a restart of the plugin) is marked without a report: its
+// lag is unknown.
+func (o *Overlay) observe(vni uint32, local netip.Addr, add []entry) {
+	now := time.Now()
+	added := map[mac]bool{}
+	for _, e := range add {
+		added[e.mac] = true
+	}
+	for _, p := range o.tab.peers(vni) {
+		if p.programmed || p.vtep == local {
+			continue
+		}
+		if added[p.mac] && o.seen != nil {
+			o.seen(p.advertised, p.given, now)
+		}
+		o.tab.programmed(vni, p.mac)
+	}
 }
 
 // device returns the VXLAN device of vni, nil if there is none.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // Peer is one remote endpoint of an overlay: a container on another host.
@@ -14,6 +15,9 @@ type Peer struct {
 	IPv4 netip.Addr       // its IPv4 address, or the zero Addr
 	IPv6 netip.Addr       // its IPv6 address, or the zero Addr
 	VTEP netip.Addr       // the VTEP (underlay) address of its host
+	// Advertised is when its host advertised it (that host's clock), for
+	// the convergence lag; the zero Time if unknown.
+	Advertised time.Time
 }
 
 func (p Peer) String() string {
@@ -26,6 +30,11 @@ type peer struct {
 	v4, v6 netip.Addr
 	vtep   netip.Addr
 	seq    uint64 // when it was added: of two peers with one IP, the later wins
+	// advertised: see Peer. given: when the control plane first gave
+	// this incarnation here. programmed: its entries were in the kernel
+	// once (observed then, never again).
+	advertised, given time.Time
+	programmed        bool
 }
 
 type mac [6]byte
@@ -49,11 +58,11 @@ func toPeer(p Peer) (peer, error) {
 	if !vtep.IsValid() || vtep.IsUnspecified() || vtep.IsMulticast() {
 		return peer{}, fmt.Errorf("peer %s: VTEP %q is not a unicast address", p, p.VTEP)
 	}
-	return peer{mac: mac(p.MAC), v4: p.IPv4, v6: p.IPv6, vtep: vtep}, nil
+	return peer{mac: mac(p.MAC), v4: p.IPv4, v6: p.IPv6, vtep: vtep, advertised: p.Advertised}, nil
 }
 
 func (p peer) Peer() Peer {
-	return Peer{MAC: net.HardwareAddr(p.mac[:]), IPv4: p.v4, IPv6: p.v6, VTEP: p.vtep}
+	return Peer{MAC: net.HardwareAddr(p.mac[:]), IPv4: p.v4, IPv6: p.v6, VTEP: p.vtep, Advertised: p.advertised}
 }
 
 // same reports whether p and q describe one endpoint incarnation.
@@ -145,7 +154,31 @@ func (t *table) vni(vni uint32) *vniPeers {
 func (t *table) add(vni uint32, p peer) {
 	t.seq++
 	p.seq = t.seq
-	t.vni(vni).peers[p.mac] = p
+	v := t.vni(vni)
+	v.peers[p.mac] = v.carry(p)
+}
+
+// carry keeps what the table knows of p's incarnation (when it was given,
+// whether it was programmed); a new incarnation is given now.
+func (v *vniPeers) carry(p peer) peer {
+	if v != nil {
+		if q, ok := v.peers[p.mac]; ok && q.same(p) {
+			p.given, p.programmed = q.given, q.programmed
+			return p
+		}
+	}
+	p.given, p.programmed = time.Now(), false
+	return p
+}
+
+// programmed marks vni's peer with MAC m as programmed.
+func (t *table) programmed(vni uint32, m mac) {
+	if v := t.vnis[vni]; v != nil {
+		if p, ok := v.peers[m]; ok {
+			p.programmed = true
+			v.peers[m] = p
+		}
+	}
 }
 
 // remove drops p if the table holds exactly p for its MAC. A different
@@ -168,13 +201,14 @@ func (t *table) remove(vni uint32, p peer) {
 // the later in ps wins; the earlier ones are returned.
 func (t *table) sync(vni uint32, ps []peer) (dropped []peer) {
 	v := &vniPeers{peers: make(map[mac]peer, len(ps)), synced: true}
+	old := t.vnis[vni]
 	for _, p := range ps {
 		if q, ok := v.peers[p.mac]; ok {
 			dropped = append(dropped, q)
 		}
 		t.seq++
 		p.seq = t.seq
-		v.peers[p.mac] = p
+		v.peers[p.mac] = old.carry(p)
 	}
 	if t.vnis == nil {
 		t.vnis = map[uint32]*vniPeers{}

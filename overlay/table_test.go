@@ -70,7 +70,7 @@ func TestDeviceName(t *testing.T) {
 // Bad input is refused before anything reaches the kernel, so these run
 // without root.
 func TestBadInput(t *testing.T) {
-	o := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	o := New(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	defer o.Close()
 	ctx := context.Background()
 	good := Device{VNI: 42, Local: netip.MustParseAddr("192.0.2.1"), MTU: 1450, Bridge: "br0"}

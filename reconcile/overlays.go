@@ -63,13 +63,14 @@ func (o *Overlays) Sync(ctx context.Context, defs []cluster.Overlay) {
 		case ok && n.Options[driver.OptOverlay] == def.Name:
 			// The instance is here.
 		case ok:
-			conflicts[def.Name] = fmt.Sprintf("the name %s is taken here by another network (%s, driver %s)", def.Name, short(n.ID), n.Driver)
+			conflicts[def.Name] = fmt.Sprintf("the name %s is taken here by another network (%s, driver %s); "+
+				"fix: remove or rename that network here (docker network rm %s): the overlay's instance follows within 5 s", def.Name, short(n.ID), n.Driver, short(n.ID))
 		case def.Creator == o.host:
 			// Made here by hand: dockerd is still creating it, or it was
 			// removed here, which removes the definition too.
 		default:
 			if err := o.create(ctx, def); err != nil {
-				conflicts[def.Name] = err.Error()
+				conflicts[def.Name] = err.Error() + "; it is retried every 5 s: fix what dockerd says"
 			} else {
 				o.rec.log.Info("created overlay instance", "overlay", def.Name, "vni", def.VNI)
 			}
@@ -89,7 +90,7 @@ func (o *Overlays) Sync(ctx context.Context, defs []cluster.Overlay) {
 	o.mu.Lock()
 	for name, why := range conflicts {
 		if o.conflicts[name] != why {
-			o.rec.log.Warn("overlay has no instance on this host", "overlay", name, "why", why)
+			o.rec.log.Warn("overlay has no instance on this host: "+why, "overlay", name)
 		}
 	}
 	o.conflicts = conflicts

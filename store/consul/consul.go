@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -42,6 +43,9 @@ type Options struct {
 	Prefix string
 	// Timeout bounds each request; 0 means DefaultTimeout.
 	Timeout time.Duration
+	// Log gets one warning when Consul stops answering and one line when
+	// it answers again; nil means slog.Default().
+	Log *slog.Logger
 }
 
 // Store is a store.Store, store.Watcher and store.Sessions on Consul.
@@ -57,6 +61,10 @@ type Store struct {
 	stop     context.Context
 	cancel   context.CancelFunc
 	renewals sync.WaitGroup
+
+	log    *slog.Logger
+	mu     sync.Mutex
+	downAt time.Time // when Consul stopped answering; zero while it answers
 }
 
 var (
@@ -92,10 +100,14 @@ func Open(opts Options) (*Store, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
 	stop, cancel := context.WithCancel(context.Background())
 	return &Store{
 		client: client, http: cfg.HttpClient, kv: client.KV(), addr: addr, prefix: prefix,
-		timeout: timeout, stop: stop, cancel: cancel,
+		timeout: timeout, stop: stop, cancel: cancel, log: log,
 	}, nil
 }
 
@@ -120,6 +132,7 @@ func (s *Store) Get(key string) ([]byte, error) {
 	if err != nil {
 		return nil, s.fail(ctx, fmt.Sprintf("get %q", key), err)
 	}
+	s.answered()
 	if pair == nil {
 		return nil, store.ErrNotFound
 	}
@@ -134,6 +147,7 @@ func (s *Store) List(prefix string) (map[string][]byte, error) {
 	if err != nil {
 		return nil, s.fail(ctx, fmt.Sprintf("list %q", prefix), err)
 	}
+	s.answered()
 	return s.strip(pairs), nil
 }
 
@@ -152,6 +166,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, index uint64, wait tim
 	if err != nil {
 		return nil, 0, s.fail(ctx, fmt.Sprintf("watch %q", prefix), err)
 	}
+	s.answered()
 	// Consul documents that an index of 0 is a bug that makes every later
 	// blocking query return at once; it says to use 1 instead.
 	return s.strip(pairs), max(meta.LastIndex, 1), nil
@@ -211,6 +226,7 @@ func (s *Store) updateOnce(k string, fn func(old []byte) ([]byte, error)) (done 
 	if err != nil {
 		return false, nil, s.fail(ctx, "write", err)
 	}
+	s.answered()
 	return done, nil, nil
 }
 
@@ -256,15 +272,40 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 		if errors.Is(context.Cause(ctx), errNoAnswer) {
 			err = errNoAnswer
 		}
-		return &unavailableError{s: s, op: op, err: err}
+		return s.unavailable(&unavailableError{s: s, op: op, err: err})
 	}
 	switch {
 	case se.Code == http.StatusForbidden || se.Code == http.StatusUnauthorized:
 		return &unavailableError{s: s, op: op, acl: true, err: err}
 	case se.Code >= 500:
-		return &unavailableError{s: s, op: op, err: err}
+		return s.unavailable(&unavailableError{s: s, op: op, err: err})
 	}
+	s.answered()
 	return fmt.Errorf("%s: consul at %s: %w", op, s.addr, err)
+}
+
+// unavailable notes the start of an outage: one warning per outage, not
+// one per request (every watch and renewal retries every second).
+func (s *Store) unavailable(e *unavailableError) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.downAt.IsZero() {
+		s.downAt = time.Now()
+		s.log.Warn("consul unreachable: overlay traffic keeps flowing on the entries this host holds, but overlay "+
+			"containers and networks cannot be made and other hosts' changes are not learnt until it answers; "+
+			"fix: check the Consul agent (consul members) and CONSUL_HTTP_ADDR", "consul", s.addr, "err", e.err)
+	}
+	return e
+}
+
+// answered notes that Consul answered: the end of an outage, if any.
+func (s *Store) answered() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.downAt.IsZero() {
+		s.log.Info("consul reachable again", "consul", s.addr, "outage", time.Since(s.downAt).Round(time.Millisecond))
+		s.downAt = time.Time{}
+	}
 }
 
 // unavailableError is store.ErrUnavailable with its cause and a message
@@ -312,6 +353,7 @@ func (s *Store) AgentAddress(ctx context.Context) (netip.Addr, error) {
 	case <-ctx.Done():
 		return netip.Addr{}, s.fail(ctx, "agent self", context.Cause(ctx))
 	}
+	s.answered()
 	addr, _ := self["Member"]["Addr"].(string)
 	a, err := netip.ParseAddr(addr)
 	if err != nil {

@@ -1,11 +1,16 @@
 package consul
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"maps"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -311,4 +316,44 @@ func TestACLRefused(t *testing.T) {
 	if err := s.Update("k", func([]byte) ([]byte, error) { return []byte("v"), nil }); err != nil {
 		t.Fatalf("with the management token: %v", err)
 	}
+}
+
+// An outage is warned about once, however many requests fail, and its end
+// is said once; a second outage is warned about again.
+func TestOutageLoggedOnce(t *testing.T) {
+	var down atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "No cluster leader", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte("[]"))
+	}))
+	defer srv.Close()
+	var logs bytes.Buffer
+	s, err := Open(Options{Address: srv.URL, Timeout: time.Second, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	list := func(n int) {
+		for range n {
+			s.List("x/")
+		}
+	}
+	list(2)
+	down.Store(true)
+	list(5)
+	down.Store(false)
+	list(2)
+	srv.CloseClientConnections()
+	srv.Listener.Close() // connection refused from now on
+	list(3)
+	got := logs.String()
+	if w, i := strings.Count(got, "level=WARN"), strings.Count(got, "level=INFO"); w != 2 || i != 1 ||
+		strings.Count(got, "consul unreachable") != 2 || !strings.Contains(got, "consul reachable again") || !strings.Contains(got, "fix:") {
+		t.Fatalf("two outages, one recovery: %d warnings, %d infos, want 2 and 1:\n%s", w, i, got)
+	}
+	t.Logf("log:\n%s", got)
 }

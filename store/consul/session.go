@@ -41,6 +41,7 @@ func (s *Store) NewSession(ctx context.Context, name string, ttl time.Duration) 
 	if err != nil {
 		return nil, s.fail(ctx, "create session", err)
 	}
+	s.answered()
 	return s.startSession(id, ttl), nil
 }
 
@@ -62,11 +63,13 @@ func (s *Store) renew(ctx context.Context, id string) (time.Duration, error) {
 	_, err := s.client.Raw().Write("/v1/session/renew/"+id, nil, &entries, (&api.WriteOptions{}).WithContext(ctx))
 	var se api.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusNotFound || err == nil && len(entries) == 0 {
+		s.answered()
 		return 0, fmt.Errorf("session %s: %w", id, store.ErrSessionGone)
 	}
 	if err != nil {
 		return 0, s.fail(ctx, "renew session "+id, err)
 	}
+	s.answered()
 	ttl, err := time.ParseDuration(entries[0].TTL)
 	if err != nil {
 		return 0, fmt.Errorf("session %s: TTL %q from consul: %w", id, entries[0].TTL, err)
@@ -113,19 +116,24 @@ func (se *session) renewLoop(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, store.ErrSessionGone):
-			slog.Warn("consul session ended", "session", se.id)
+			se.s.log.Warn("consul session ended", "session", se.id)
 			se.mu.Lock()
 			se.err = err
 			se.mu.Unlock()
 			return
 		case err != nil:
 			if !failing {
-				slog.Warn("consul session renewal failed, retrying every second", "session", se.id, "err", err)
+				// Consul unreachable is warned about once by the store.
+				lvl := slog.LevelWarn
+				if errors.Is(err, store.ErrUnavailable) {
+					lvl = slog.LevelDebug
+				}
+				se.s.log.Log(ctx, lvl, "consul session renewal failed, retrying every second", "session", se.id, "err", err)
 			}
 			wait, failing = time.Second, true
 		default:
 			if failing {
-				slog.Info("consul session renewed again", "session", se.id)
+				se.s.log.Debug("consul session renewed again", "session", se.id)
 			}
 			wait, failing = ttl/2, false
 		}
@@ -170,6 +178,7 @@ func (se *session) Put(ctx context.Context, key string, val []byte) error {
 	if err != nil {
 		return se.s.fail(ctx, fmt.Sprintf("put %q", key), err)
 	}
+	se.s.answered()
 	if ok {
 		return nil
 	}
