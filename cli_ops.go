@@ -223,6 +223,7 @@ func doctor(args []string) error {
 		return err
 	}
 	var targets []string
+	var containers []containerTarget
 	if len(rest) > 0 {
 		var list []driver.ListEntry
 		if err := callInto(socket, plugin.ListPath, struct{}{}, &list); err != nil {
@@ -233,16 +234,31 @@ func doctor(args []string) error {
 			ours[n.ID] = true
 		}
 		for _, a := range rest {
-			ts, err := resolveTarget(a, ours)
+			ts, c, err := resolveTarget(a, ours)
 			if err != nil {
 				return err
 			}
 			targets = append(targets, ts...)
+			if c != nil {
+				containers = append(containers, *c)
+			}
 		}
 	}
 	var a doctorAnswer
 	if err := callInto(socket, plugin.DoctorPath, doctorRequest{Targets: targets}, &a); err != nil {
 		return err
+	}
+	if len(containers) > 0 {
+		// A packet starts inside the container: its side comes first.
+		var st driver.State
+		if err := callInto(socket, plugin.StatePath, struct{}{}, &st); err != nil {
+			return err
+		}
+		var inside []driver.Check
+		for _, c := range containers {
+			inside = append(inside, containerChecks(c, st)...)
+		}
+		a.Checks = append(inside, a.Checks...)
 	}
 	failed := 0
 	for _, c := range a.Checks {
@@ -278,22 +294,22 @@ func doctor(args []string) error {
 // resolveTarget turns a doctor argument into what the plugin knows: an
 // address stays as it is (it may be a container on another host); a
 // container becomes its endpoints on vxbridge networks (ours), found
-// through dockerd.
-func resolveTarget(a string, ours map[string]bool) ([]string, error) {
+// through dockerd, and is returned for the checks inside it.
+func resolveTarget(a string, ours map[string]bool) ([]string, *containerTarget, error) {
 	if _, err := netip.ParseAddr(a); err == nil {
-		return []string{a}, nil
+		return []string{a}, nil, nil
 	}
 	if !containerName.MatchString(a) {
-		return nil, usageError{fmt.Errorf("doctor: %q is neither an address nor a container name or ID", a)}
+		return nil, nil, usageError{fmt.Errorf("doctor: %q is neither an address nor a container name or ID", a)}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := dockerd().Container(ctx, a)
 	if errors.Is(err, reconcile.ErrNotFound) {
-		return nil, usageError{fmt.Errorf("doctor: no container %q here (give a remote container by its address)", a)}
+		return nil, nil, usageError{fmt.Errorf("doctor: no container %q here (give a remote container by its address)", a)}
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var ts []string
 	for _, n := range c.NetworkSettings.Networks {
@@ -302,9 +318,9 @@ func resolveTarget(a string, ours map[string]bool) ([]string, error) {
 		}
 	}
 	if len(ts) == 0 {
-		return nil, usageError{fmt.Errorf("doctor: container %q is on no vxbridge network", a)}
+		return nil, nil, usageError{fmt.Errorf("doctor: container %q is on no vxbridge network", a)}
 	}
-	return ts, nil
+	return ts, &containerTarget{name: a, c: c}, nil
 }
 
 type forgetRequest struct{ Host string }

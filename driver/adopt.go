@@ -6,6 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/vxbridge/vxbridge/kernel"
 )
 
 // Adoption rebuilds records the driver lost (a state file deleted,
@@ -82,7 +84,7 @@ func adoptedGateway(bridge string, subnet netip.Prefix, gw netip.Addr) (netip.Pr
 	if link, err := netlink.LinkByName(bridge); err == nil {
 		if addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL); err == nil {
 			for _, a := range addrs {
-				if p, ok := prefixOf(a.IPNet); ok && p.Masked() == subnet {
+				if p, ok := kernel.Prefix(a.IPNet); ok && p.Masked() == subnet {
 					return p, nil
 				}
 			}

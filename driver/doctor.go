@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vxbridge/vxbridge/cluster"
+	"github.com/vxbridge/vxbridge/kernel"
 	"github.com/vxbridge/vxbridge/overlay"
 )
 
@@ -291,7 +292,7 @@ func (doc *doctor) gateways(what string, n *Network, br netlink.Link) {
 			continue
 		}
 		found := slices.ContainsFunc(addrs, func(a netlink.Addr) bool {
-			p, ok := prefixOf(a.IPNet)
+			p, ok := kernel.Prefix(a.IPNet)
 			return ok && p == gw
 		})
 		doc.add(name, found, fmt.Sprintf("containers have no way out of their network; fix: vxbridge reconcile (or ip addr add %s dev %s)", gw, n.Options.Bridge))

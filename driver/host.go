@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/vxbridge/vxbridge/kernel"
 )
 
 func linkExists(name string) bool {
@@ -33,7 +35,7 @@ func HostPrefixes() ([]netip.Prefix, error) {
 		if r.Dst == nil {
 			continue
 		}
-		if p, ok := prefixOf(r.Dst); ok && p.Bits() > 0 && !p.Addr().IsLinkLocalUnicast() && !p.Addr().IsMulticast() {
+		if p, ok := kernel.Prefix(r.Dst); ok && p.Bits() > 0 && !p.Addr().IsLinkLocalUnicast() && !p.Addr().IsMulticast() {
 			out = append(out, p)
 		}
 	}
@@ -42,20 +44,11 @@ func HostPrefixes() ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}
 	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok && !p.Addr().IsLoopback() && !p.Addr().IsLinkLocalUnicast() {
+		if p, ok := kernel.Prefix(a.IPNet); ok && !p.Addr().IsLoopback() && !p.Addr().IsLinkLocalUnicast() {
 			out = append(out, p.Masked())
 		}
 	}
 	return out, nil
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // underlayMTU is the MTU of the interface that holds the tunnel address.
@@ -65,7 +58,7 @@ func underlayMTU(vtep netip.Addr) (int, error) {
 		return 0, fmt.Errorf("list host addresses: %w", err)
 	}
 	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok && p.Addr() == vtep {
+		if p, ok := kernel.Prefix(a.IPNet); ok && p.Addr() == vtep {
 			link, err := netlink.LinkByIndex(a.LinkIndex)
 			if err != nil {
 				return 0, fmt.Errorf("look up the interface of %s: %w", vtep, err)

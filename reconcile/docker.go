@@ -134,8 +134,12 @@ func (d *Docker) get(ctx context.Context, path string, v any) error {
 // Container is what the plugin and its CLI need of `docker inspect
 // CONTAINER`: its endpoints by network name, for names and for doctor.
 type Container struct {
-	ID              string `json:"Id"`
-	Name            string // with dockerd's leading "/"
+	ID    string `json:"Id"`
+	Name  string // with dockerd's leading "/"
+	State struct {
+		Running bool
+		Pid     int // its first process, in the host's PID namespace
+	}
 	NetworkSettings struct {
 		Networks map[string]ContainerNetwork
 	}

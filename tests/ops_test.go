@@ -178,6 +178,27 @@ func TestOperatorCommands(t *testing.T) {
 		mustRun(t, "ip", "link", "set", veth, "mtu", "1500")
 		mustDoctorOK(t, c1, c2)
 
+		// The container's side, inside its namespace: its eth0 down, then
+		// the default route that went with it, then its MTU.
+		pid := docker(t, "inspect", "-f", "{{.State.Pid}}", c1)
+		gw := docker(t, "inspect", "-f", `{{(index .NetworkSettings.Networks "`+netA+`").Gateway}}`, c1)
+		inside := func(args ...string) { mustRun(t, append([]string{"nsenter", "-t", pid, "-n"}, args...)...) }
+		t.Cleanup(func() {
+			run("nsenter", "-t", pid, "-n", "ip", "link", "set", "eth0", "up", "mtu", "1500")
+			run("nsenter", "-t", pid, "-n", "ip", "route", "replace", "default", "via", gw, "dev", "eth0")
+		})
+		inside("ip", "link", "set", "eth0", "down")
+		mustDoctorFail(t, "the container's eth0 down", []string{c1, c2}, "container "+c1, "eth0", "up")
+		inside("ip", "link", "set", "eth0", "up")
+		mustDoctorFail(t, "the container's default route gone with its eth0", []string{c1, c2}, "container "+c1, "default route")
+		inside("ip", "route", "add", "default", "via", gw, "dev", "eth0")
+		mustDoctorOK(t, c1, c2)
+		inside("ip", "link", "set", "eth0", "mtu", "1400")
+		mustDoctorFail(t, "an MTU changed inside the container", []string{c1, c2}, "container "+c1, "eth0", "MTU 1500")
+		inside("ip", "link", "set", "eth0", "mtu", "1500")
+		mustDoctorOK(t, c1, c2)
+		mustPing(t, c1, c2)
+
 		// A FORWARD rule deleted: the one that lets the network's
 		// containers talk to each other (ICC).
 		br := docker(t, "network", "inspect", "-f", "{{.Id}}", netA)[:12]
