@@ -26,7 +26,8 @@
 #   the test image vxbridge-test/busybox:latest (scripts/test-image.sh)
 #   the managed plugin vxbridge:latest (scripts/install-plugin.sh) with state in
 #     $VXLAB_ROOT/h/state and that host's docker socket; if config.json declares
-#     CONSUL_HTTP_ADDR, it is pointed at the host's own agent.
+#     CONSUL_HTTP_ADDR, it is pointed at the host's own agent; its Prometheus
+#     metrics are at http://127.0.0.1:9323/metrics inside the host's namespace.
 # The main dockerd is neither needed nor touched.
 #
 # Settings (environment):
@@ -45,6 +46,7 @@ hosts=(a b c)
 declare -A uip=([a]=192.168.77.11 [b]=192.168.77.12 [c]=192.168.77.13)
 switch=vxlab-sw
 wait_s=120
+metrics_port=9323
 
 log() { echo "lab.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -164,6 +166,10 @@ install_plugin() {
 	# The plugin runs in the host's network namespace: 127.0.0.1 is its agent.
 	if grep -q '"name": *"CONSUL_HTTP_ADDR"' "$root/bundle/config.json"; then
 		settings+=(CONSUL_HTTP_ADDR=http://127.0.0.1:8500)
+	fi
+	# Metrics on the host's own loopback (each lab host has its own).
+	if grep -q '"name": *"VXBRIDGE_METRICS_ADDR"' "$root/bundle/config.json"; then
+		settings+=(VXBRIDGE_METRICS_ADDR=127.0.0.1:$metrics_port)
 	fi
 	# shellcheck disable=SC2206 # a list of KEY=VALUE words
 	settings+=(${VXLAB_PLUGIN_SETTINGS:-})
@@ -319,7 +325,8 @@ cmd_env() {
 	for h in "${hosts[@]}"; do
 		H=$(upper "$h")
 		echo "export DOCKER_HOST_$H=unix://$(hdir "$h")/docker.sock NETNS_$H=$(netns "$h")" \
-			"UNDERLAY_IP_$H=${uip[$h]} CONSUL_HTTP_ADDR_$H=http://${uip[$h]}:8500"
+			"UNDERLAY_IP_$H=${uip[$h]} CONSUL_HTTP_ADDR_$H=http://${uip[$h]}:8500" \
+			"METRICS_URL_$H=http://127.0.0.1:$metrics_port/metrics"
 	done
 }
 

@@ -39,6 +39,7 @@ type host struct {
 	netns      string // name under /run/netns
 	underlay   netip.Addr
 	dir        string // the host's folder under the lab root
+	metrics    string // the plugin's Prometheus endpoint, inside netns
 }
 
 var (
@@ -87,6 +88,7 @@ func readEnv() error {
 			netns:      vars["NETNS_"+n],
 			underlay:   ip,
 			dir:        filepath.Join(labRoot, strings.ToLower(n)),
+			metrics:    vars["METRICS_URL_"+n],
 		})
 	}
 	return nil

@@ -5,9 +5,12 @@ package lab
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -238,6 +241,20 @@ func TestUpDoctorPeerStopped(t *testing.T) {
 		t.Fatalf("doctor stopa %s on A: exit %d\n%s", ipB, code, out)
 	}
 
+	nameB := ""
+	for _, p := range b.peers(t) {
+		if p.Self {
+			nameB = p.Host
+		}
+	}
+	// Where the other plugins log (dockerd's log takes a managed
+	// plugin's output): only what is written from now on counts.
+	logs := map[string]int64{}
+	for _, h := range []host{a, hosts[2]} {
+		if fi, err := os.Stat(h.pluginLog()); err == nil {
+			logs[h.name] = fi.Size()
+		}
+	}
 	b.docker(t, "plugin", "disable", "-f", driver)
 	enabled := false
 	enable := func() {
@@ -256,10 +273,110 @@ func TestUpDoctorPeerStopped(t *testing.T) {
 	}
 	t.Logf("doctor on A with B's plugin stopped:\n%s", out)
 
+	// A and C each warned once, naming B and what to do.
+	for _, h := range []host{a, hosts[2]} {
+		var gone []string
+		waitUntil(t, 10*time.Second, "host "+h.name+"'s plugin to log B gone", func() bool {
+			gone = h.pluginLogLines(t, logs[h.name], "peer host gone")
+			return len(gone) > 0
+		})
+		if len(gone) != 1 || !strings.Contains(gone[0], "level=WARN") || !strings.Contains(gone[0], "forget-host "+nameB) {
+			t.Fatalf("host %s: want one warning that B (%s) is gone, with what to do; got %q", h.name, nameB, gone)
+		}
+		t.Logf("host %s logged: %s", h.name, gone[0])
+	}
+
 	enable()
 	waitUntil(t, 90*time.Second, "B back in the cluster", func() bool { return len(a.peers(t)) == 3 })
+	waitUntil(t, 10*time.Second, "A's plugin to log B back", func() bool {
+		return len(a.pluginLogLines(t, logs[a.name], "peer host joined")) > 0
+	})
 	waitUntil(t, 30*time.Second, "doctor on A all well again", func() bool {
 		_, code := a.cli(t, "doctor", "stopa", ipB)
 		return code == 0
 	})
+}
+
+// pluginLog is the file the host's managed plugin logs to: its dockerd's
+// log (dockerd takes a managed plugin's output).
+func (h host) pluginLog() string {
+	return filepath.Join(labRoot, "logs", "dockerd-"+strings.ToLower(h.name)+".log")
+}
+
+// pluginLogLines returns the plugin's log lines written past offset that
+// contain what.
+func (h host) pluginLogLines(t *testing.T, offset int64, what string) []string {
+	t.Helper()
+	f, err := os.Open(h.pluginLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, what) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// metric reads one sample (name with its labels, as exposed) from host h's
+// plugin metrics; -1 when absent.
+func (h host) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	if h.metrics == "" {
+		t.Fatal("the lab gives no METRICS_URL (scripts/lab.sh env): the plugin serves no metrics")
+	}
+	resp, err := h.client().Get(h.metrics)
+	if err != nil {
+		t.Fatalf("host %s: GET %s: %v", h.name, h.metrics, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("host %s: metric %q: %v", h.name, l, err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// Containers started on B: A's convergence-lag histogram (advertised on B
+// → programmed on A; one machine, so one clock) counts each of them, with
+// a sane time.
+func TestUpConvergenceMetric(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw, n = "opslag", 4
+	overlay(t, a, nw, "--subnet", "10.219.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay "+nw+" on host B", func() bool { return b.hasNetwork(nw) })
+	const lag, prog = "vxbridge_overlay_convergence_seconds", "vxbridge_overlay_programming_seconds"
+	count0, sum0, progCount0 := max(0, a.metric(t, lag+"_count")), max(0, a.metric(t, lag+"_sum")), max(0, a.metric(t, prog+"_count"))
+	for i := range n {
+		b.container(t, fmt.Sprintf("lag%d", i), nw)
+	}
+	waitUntil(t, 10*time.Second, fmt.Sprintf("A's %s_count to grow by %d", lag, n), func() bool {
+		return a.metric(t, lag+"_count") >= count0+n
+	})
+	count, sum := a.metric(t, lag+"_count")-count0, a.metric(t, lag+"_sum")-sum0
+	mean := sum / count
+	if count != n || mean <= 0 || mean > 2 {
+		t.Fatalf("A observed %v endpoints in %.3f s (mean %.4f s); want %d, each within 0–2 s", count, sum, mean, n)
+	}
+	if p := a.metric(t, prog+"_count") - progCount0; p != n {
+		t.Fatalf("A's %s_count grew by %v, want %d", prog, p, n)
+	}
+	t.Logf("A programmed B's %d containers %.1f ms (mean) after B advertised them", n, 1000*mean)
 }
