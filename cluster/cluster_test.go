@@ -271,3 +271,30 @@ func TestNamesOutliveRestartAndRepeat(t *testing.T) {
 		t.Fatalf("local endpoints after the restart: %+v", got)
 	}
 }
+
+// A peer host leaving is one warning naming it and forget-host; one
+// joining is info; the first view and this host itself are not news.
+func TestPeersChangedLogged(t *testing.T) {
+	var logs strings.Builder
+	n := &Node{cfg: Config{Host: "a"}, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	hs := func(names ...string) []Host {
+		var out []Host
+		for _, name := range names {
+			out = append(out, Host{Name: name, VTEP: netip.MustParseAddr("192.0.2.1")})
+		}
+		return out
+	}
+	alive := n.peersChanged(nil, hs("a", "b", "c"))
+	alive = n.peersChanged(alive, hs("a", "b", "c"))
+	if logs.Len() != 0 {
+		t.Fatalf("nothing changed, yet: %s", logs.String())
+	}
+	alive = n.peersChanged(alive, hs("a", "c"))
+	alive = n.peersChanged(alive, hs("c"))
+	n.peersChanged(alive, hs("b", "c"))
+	got := logs.String()
+	if strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "forget-host b") || strings.Count(got, "level=INFO") != 1 ||
+		!strings.Contains(got, `msg="peer host joined the cluster" host=b`) || strings.Contains(got, "host=a") {
+		t.Fatalf("b gone then back: want one warning naming forget-host b and one info, nothing of this host:\n%s", got)
+	}
+}

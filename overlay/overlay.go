@@ -199,11 +199,13 @@ func checkPeers(vni uint32, peers ...Peer) ([]peer, error) {
 		return nil, err
 	}
 	out := make([]peer, 0, len(peers))
+	now := time.Now() // given: before the wait for the loop goroutine
 	for _, p := range peers {
 		q, err := toPeer(p)
 		if err != nil {
 			return nil, fmt.Errorf("VNI %d: %w", vni, err)
 		}
+		q.given = now
 		out = append(out, q)
 	}
 	return out, nil

@@ -159,15 +159,13 @@ func (t *table) add(vni uint32, p peer) {
 }
 
 // carry keeps what the table knows of p's incarnation (when it was given,
-// whether it was programmed); a new incarnation is given now.
+// whether it was programmed); a new incarnation stays as it came.
 func (v *vniPeers) carry(p peer) peer {
 	if v != nil {
 		if q, ok := v.peers[p.mac]; ok && q.same(p) {
 			p.given, p.programmed = q.given, q.programmed
-			return p
 		}
 	}
-	p.given, p.programmed = time.Now(), false
 	return p
 }
 
