@@ -108,6 +108,12 @@ func TestUpOverlayConsulDown(t *testing.T) {
 	a.container(t, "csl2", local)
 
 	t.Cleanup(func() { repairLab(t) })
+	logs := map[string]int64{} // where each plugin's log is now
+	for _, h := range hosts {
+		if fi, err := os.Stat(h.pluginLog()); err == nil {
+			logs[h.name] = fi.Size()
+		}
+	}
 	for _, h := range hosts {
 		b, err := os.ReadFile(filepath.Join(h.dir, "consul.pid"))
 		if err != nil {
@@ -135,6 +141,13 @@ func TestUpOverlayConsulDown(t *testing.T) {
 	if n := strings.Count(mustState(t, a), `"NetworkID"`); n != 3 { // csa, csl1, csl2
 		t.Errorf("after the failed run host A records %d endpoints, want 3", n)
 	}
+	// Every plugin retried its watches and renewals every second: one
+	// warning each for the whole outage.
+	for _, h := range hosts {
+		if w := h.pluginLogLines(t, logs[h.name], "consul unreachable"); len(w) != 1 || !strings.Contains(w[0], "level=WARN") || !strings.Contains(w[0], "fix:") {
+			t.Errorf("host %s: want one warning that Consul is unreachable, got %d: %q", h.name, len(w), w)
+		}
+	}
 
 	repairLab(t)
 	waitUntil(t, 60*time.Second, "an overlay docker run to work again", func() bool {
@@ -145,6 +158,11 @@ func TestUpOverlayConsulDown(t *testing.T) {
 		return err == nil
 	})
 	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "csback") })
+	for _, h := range hosts {
+		waitUntil(t, 10*time.Second, "host "+h.name+"'s plugin to log Consul back", func() bool {
+			return len(h.pluginLogLines(t, logs[h.name], "consul reachable again")) > 0
+		})
+	}
 	if !c.canPing("csc", a.ipOf(t, "csback", nw)) {
 		t.Error("a container started after Consul came back is not reachable across hosts")
 	}
