@@ -159,13 +159,12 @@ func (n *Node) Join(ctx context.Context, local []Endpoint) error {
 
 func (n *Node) register(ctx context.Context) error {
 	var se store.Session
-	resumed := false
 	if b, err := n.cfg.Local.Get(sessionKey); err == nil {
 		if se, err = n.cfg.Store.ResumeSession(ctx, string(b)); err != nil && !errors.Is(err, store.ErrSessionGone) {
 			return fmt.Errorf("resume cluster session: %w", err)
 		}
 	}
-	resumed = se != nil
+	resumed := se != nil
 	if se == nil {
 		var err error
 		if se, err = n.cfg.Store.NewSession(ctx, "vxbridge "+n.cfg.Host, n.cfg.TTL); err != nil {
@@ -243,11 +242,7 @@ func (n *Node) keep(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 		if err := n.register(ctx); err != nil {
-			lvl := slog.LevelWarn // the store warns once per outage; this repeats every second
-			if errors.Is(err, store.ErrUnavailable) {
-				lvl = slog.LevelDebug
-			}
-			n.log.Log(ctx, lvl, "join the cluster", "err", err)
+			n.log.Log(ctx, retryLevel(err), "join the cluster", "err", err)
 		}
 	}
 }
@@ -579,12 +574,7 @@ func (n *Node) Watch(ctx context.Context, apply func([]Overlay, []Endpoint)) {
 			kv, next, err := n.cfg.Store.Watch(ctx, prefix, index, time.Minute)
 			if err != nil {
 				if ctx.Err() == nil {
-					// The store warns once per outage; this repeats every second.
-					lvl := slog.LevelWarn
-					if errors.Is(err, store.ErrUnavailable) {
-						lvl = slog.LevelDebug
-					}
-					n.log.Log(ctx, lvl, "cluster watch", "prefix", prefix, "err", err)
+					n.log.Log(ctx, retryLevel(err), "cluster watch", "prefix", prefix, "err", err)
 					select {
 					case <-ctx.Done():
 					case <-time.After(time.Second):
@@ -650,6 +640,17 @@ func (n *Node) peersChanged(was map[string]bool, hs []Host) map[string]bool {
 	}
 	return now
 }
+
+// retryLevel is the level of a failure retried every second: debug when
+// the store cannot be reached (the store warns once per outage, not once
+// per retry), else a warning.
+func retryLevel(err error) slog.Level {
+	if errors.Is(err, store.ErrUnavailable) {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}
+
 func equal(a, b map[string][]byte) bool {
 	if len(a) != len(b) {
 		return false
