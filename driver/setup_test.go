@@ -25,7 +25,7 @@ import (
 // kernel steps are tested without touching the host. Needs root; CI runs
 // these as root. Goroutines that fn starts run on other threads, in the
 // host's namespace: they must use inTestNetns.
-func inNewNetns(t *testing.T, fn func()) {
+func inNewNetns(t testing.TB, fn func()) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace (CI runs it as root)")
@@ -69,7 +69,7 @@ func inTestNetns(fn func()) {
 
 // newTestDriver returns a driver on a fresh state file, for use inside
 // inNewNetns.
-func newTestDriver(t *testing.T) *Driver {
+func newTestDriver(t testing.TB) *Driver {
 	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
 	if err != nil {
