@@ -15,6 +15,9 @@ type Snapshot struct {
 	// OverlayConflicts: the cluster's overlays that have no instance on
 	// this host, and why (a name taken here by another network, …).
 	OverlayConflicts map[string]string `json:",omitempty"`
+	// BlockConflicts: address blocks another host holds while containers
+	// here use addresses in them (ipam.CheckBlocks).
+	BlockConflicts []ipam.BlockConflict `json:",omitempty"`
 }
 
 // peersAnswer: Cluster is false on a host without Consul (no peers, not

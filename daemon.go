@@ -164,7 +164,7 @@ func snapshot(d *driver.Driver, a *ipam.Allocator, ovs *reconcile.Overlays) (any
 		return nil, err
 	}
 	pools, err := a.Pools()
-	return Snapshot{State: s, Pools: pools, OverlayConflicts: ovs.Conflicts()}, err
+	return Snapshot{State: s, Pools: pools, OverlayConflicts: ovs.Conflicts(), BlockConflicts: a.BlockConflicts()}, err
 }
 
 // opsRoutes are the daemon's side of the operator's commands (cli_ops.go).

@@ -91,6 +91,10 @@ type Config struct {
 	// a dead host's endpoints are gone from every other host.
 	TTL time.Duration
 	Log *slog.Logger
+	// Registered, if set, runs after each registration: the first, and
+	// each one after a lost session, when this host may have been removed
+	// meanwhile (its address blocks released by an operator).
+	Registered func()
 }
 
 // Node is this host's membership in the cluster.
@@ -206,6 +210,9 @@ func (n *Node) register(ctx context.Context) error {
 		}
 	}
 	n.log.Info("joined the cluster", "host", n.cfg.Host, "vtep", n.cfg.VTEP, "session", se.ID(), "endpoints", len(eps))
+	if n.cfg.Registered != nil {
+		n.cfg.Registered()
+	}
 	return nil
 }
 

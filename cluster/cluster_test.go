@@ -350,3 +350,32 @@ func TestNamesOutliveRestartAndRepeat(t *testing.T) {
 		t.Fatalf("local endpoints after the restart: %+v", got)
 	}
 }
+
+// Registered runs after the first registration and after each one that
+// follows a lost session (when an operator may have removed this host).
+func TestRegisteredRunsAfterEachRegistration(t *testing.T) {
+	agent := consultest.Start(t)
+	n := node(t, agent.Addr, "a", t.TempDir())
+	runs := make(chan struct{}, 4)
+	n.cfg.Registered = func() { runs <- struct{}{} }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := n.Join(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 1 {
+		t.Fatalf("%d runs after Join, want 1", len(runs))
+	}
+	<-runs
+	n.mu.Lock()
+	se := n.session
+	n.mu.Unlock()
+	if err := se.Destroy(ctx); err != nil { // the session is lost
+		t.Fatal(err)
+	}
+	select {
+	case <-runs:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Registered did not run after the session was made again")
+	}
+}
