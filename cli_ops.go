@@ -32,28 +32,6 @@ var opsCommands = map[string]func([]string) error{
 	"forget-host": forgetHost,
 }
 
-// usageError is a malformed command line: exit status 2.
-type usageError struct{ error }
-
-// errChecksFailed: doctor found something wrong (exit status 1).
-var errChecksFailed = errors.New("some checks failed")
-
-// exit ends the process with the status err calls for.
-func exit(err error) {
-	var ue usageError
-	switch {
-	case err == nil:
-		return
-	case errors.As(err, &ue):
-		fmt.Fprintln(os.Stderr, "vxbridge:", err)
-		os.Exit(2)
-	case errors.Is(err, errChecksFailed):
-		os.Exit(1) // doctor printed why
-	}
-	fmt.Fprintln(os.Stderr, "vxbridge:", err)
-	os.Exit(1)
-}
-
 // opsFlags parses a command's flags (--socket, --json) and checks the
 // number of arguments left.
 func opsFlags(name, argsUsage string, args []string, minArgs, maxArgs int) (socket string, asJSON bool, rest []string, err error) {
@@ -69,36 +47,6 @@ func opsFlags(name, argsUsage string, args []string, minArgs, maxArgs int) (sock
 		return "", false, nil, usageError{fmt.Errorf("%s: wrong number of arguments (%d)\n%s", name, fs.NArg(), usage)}
 	}
 	return socket, asJSON, fs.Args(), nil
-}
-
-// opsRoutes are the plugin's side of these commands.
-func opsRoutes(drv *driver.Driver) map[string]plugin.Own {
-	return map[string]plugin.Own{
-		plugin.ListPath: func(json.RawMessage) (any, error) { return drv.List() },
-		plugin.PeersPath: func(json.RawMessage) (any, error) {
-			ps, err := drv.Peers(context.Background())
-			if errors.Is(err, driver.ErrNoCluster) {
-				return peersAnswer{}, nil
-			}
-			return peersAnswer{Cluster: true, Peers: ps}, err
-		},
-		plugin.DoctorPath: func(body json.RawMessage) (any, error) {
-			var req doctorRequest
-			if err := json.Unmarshal(body, &req); err != nil {
-				return nil, fmt.Errorf("doctor request: %w", err)
-			}
-			cs, err := drv.Doctor(context.Background(), req.Targets)
-			return doctorAnswer{Checks: cs}, err
-		},
-		plugin.ForgetHostPath: func(body json.RawMessage) (any, error) {
-			var req forgetRequest
-			if err := json.Unmarshal(body, &req); err != nil {
-				return nil, fmt.Errorf("forget-host request: %w", err)
-			}
-			n, err := drv.ForgetHost(req.Host)
-			return forgetAnswer{Blocks: n}, err
-		},
-	}
 }
 
 type lsEntry struct {
@@ -167,13 +115,6 @@ func printValue(v any) error {
 	return nil
 }
 
-// peersAnswer: Cluster is false on a host without Consul (no peers, not
-// an error).
-type peersAnswer struct {
-	Cluster bool
-	Peers   []driver.PeerStatus
-}
-
 func peers(args []string) error {
 	socket, asJSON, _, err := opsFlags("peers", "", args, 0, 0)
 	if err != nil {
@@ -209,10 +150,6 @@ func peers(args []string) error {
 	}
 	return w.Flush()
 }
-
-type doctorRequest struct{ Targets []string }
-
-type doctorAnswer struct{ Checks []driver.Check }
 
 // containerName is what dockerd accepts as a container name or ID.
 var containerName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
@@ -322,10 +259,6 @@ func resolveTarget(a string, ours map[string]bool) ([]string, *containerTarget, 
 	}
 	return ts, &containerTarget{name: a, c: c}, nil
 }
-
-type forgetRequest struct{ Host string }
-
-type forgetAnswer struct{ Blocks int }
 
 func forgetHost(args []string) error {
 	socket, asJSON, rest, err := opsFlags("forget-host", "NAME", args, 1, 1)

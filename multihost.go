@@ -11,6 +11,7 @@ import (
 
 	"github.com/vxbridge/vxbridge/cluster"
 	"github.com/vxbridge/vxbridge/driver"
+	"github.com/vxbridge/vxbridge/ipam"
 	"github.com/vxbridge/vxbridge/names"
 	"github.com/vxbridge/vxbridge/overlay"
 	"github.com/vxbridge/vxbridge/reconcile"
@@ -51,7 +52,7 @@ func hostName() string {
 // and starts the watches. Until Consul answers it retries in the
 // background: the plugin serves local networks meanwhile.
 func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local store.Store, host string,
-	drv *driver.Driver, pools driver.PoolBinder, ovs *reconcile.Overlays, docker *reconcile.Docker, seen overlay.Observer) {
+	drv *driver.Driver, alloc *ipam.Allocator, ovs *reconcile.Overlays, docker *reconcile.Docker, seen overlay.Observer) {
 	// The resolver serves (and forwards) before the cluster answers: the
 	// overlay bridges send it every query their containers' DNS forwards.
 	table := &names.Table{}
@@ -66,13 +67,14 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 		}
 		vtep, err = tunnelAddress(ctx, cs)
 	}
-	node, err := cluster.New(cluster.Config{Store: cs, Local: local, Host: host, VTEP: vtep, Log: log})
+	node, err := cluster.New(cluster.Config{Store: cs, Local: local, Host: host, VTEP: vtep, Log: log,
+		Registered: func() { checkBlocks(log, drv, alloc) }})
 	if err != nil {
 		log.Error("cluster", "err", err)
 		return
 	}
 	dp := overlay.New(log, seen)
-	drv.Multihost(node, dp, pools)
+	drv.Multihost(node, dp, alloc)
 	eps, err := drv.OverlayEndpoints()
 	if err != nil {
 		log.Error("list overlay endpoints", "err", err)
@@ -103,6 +105,19 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 			}
 		}
 	}()
+	go func() {
+		// A conflict stays reported until it is resolved.
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(blockCheckInterval):
+			}
+			if len(alloc.BlockConflicts()) > 0 {
+				checkBlocks(log, drv, alloc)
+			}
+		}
+	}()
 	learner := &names.Learner{Docker: docker, Node: node, Networks: endpointNetworks(drv), Log: log}
 	go learner.Run(ctx)
 	go node.Watch(ctx, func(all []cluster.Overlay, eps []cluster.Endpoint) {
@@ -114,6 +129,43 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 		}
 		defs <- all
 	})
+}
+
+// blockCheckInterval is how often address blocks in conflict are checked
+// again.
+const blockCheckInterval = time.Minute
+
+// checkBlocks checks this host's address blocks against the cluster (see
+// ipam.CheckBlocks): after a registration, this host may come back from
+// being removed by an operator (vxbridge forget-host) with its old state.
+func checkBlocks(log *slog.Logger, drv *driver.Driver, alloc *ipam.Allocator) {
+	eps, err := drv.OverlayEndpoints()
+	if err != nil {
+		log.Error("check address blocks: list overlay endpoints", "err", err)
+		return
+	}
+	var addrs []netip.Addr
+	for _, ep := range eps {
+		for _, a := range []netip.Addr{ep.IPv4, ep.IPv6} {
+			if a.IsValid() {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	c, err := alloc.CheckBlocks(addrs)
+	if err != nil {
+		log.Error("check address blocks against the cluster", "err", err)
+		return
+	}
+	if c.Dropped+c.Reclaimed > 0 {
+		log.Warn("address blocks the cluster no longer gave this host (forget-host?): dropped the unused, claimed back the used",
+			"dropped", c.Dropped, "claimed back", c.Reclaimed)
+	}
+	for _, x := range c.Conflicts {
+		log.Error("address block held by another host while containers here use it: their addresses may be in use twice; "+
+			"reconnect or re-create those containers here (docker network disconnect/connect) to give them addresses of this host's own",
+			"overlay", x.Overlay, "block", x.Block, "holder", x.Holder, "addresses", x.Addresses)
+	}
 }
 
 func tunnelAddress(ctx context.Context, cs *consul.Store) (netip.Addr, error) {

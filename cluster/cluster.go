@@ -9,6 +9,7 @@
 //
 //	overlays/<name>                    Overlay (JSON)
 //	vnis/<vni>                         the overlay name holding the VNI
+//	vni-cursor                         the last VNI handed out automatically
 //	hosts/<host>                       Host, held by the host's session
 //	endpoints/<overlay>/<host>/<id>    Endpoint, held by the host's session
 package cluster
@@ -93,6 +94,10 @@ type Config struct {
 	// a dead host's endpoints are gone from every other host.
 	TTL time.Duration
 	Log *slog.Logger
+	// Registered, if set, runs after each registration: the first, and
+	// each one after a lost session, when this host may have been removed
+	// meanwhile (its address blocks released by an operator).
+	Registered func()
 }
 
 // Node is this host's membership in the cluster.
@@ -110,6 +115,7 @@ type Node struct {
 const (
 	overlaysKey  = "overlays/"
 	vnisKey      = "vnis/"
+	vniCursorKey = "vni-cursor"
 	hostsKey     = "hosts/"
 	endpointsKey = "endpoints/"
 	sessionKey   = "cluster/session"
@@ -215,6 +221,9 @@ func (n *Node) register(ctx context.Context) error {
 		}
 	}
 	n.log.Info("joined the cluster", "host", n.cfg.Host, "vtep", n.cfg.VTEP, "session", se.ID(), "endpoints", len(eps))
+	if n.cfg.Registered != nil {
+		n.cfg.Registered()
+	}
 	return nil
 }
 
@@ -386,7 +395,11 @@ func sameNetwork(def, o Overlay) error {
 	return nil
 }
 
-// claimVNI takes vni (0: the lowest free one from FirstVNI) for name.
+// claimVNI takes vni for name, or with vni 0 the next free one after the
+// last handed out (vniCursorKey), wrapping from MaxVNI to FirstVNI: a VNI
+// just freed is not handed out again until the range wraps, so a host
+// that still has the old overlay's device (or a peer's entries for it)
+// never carries a new overlay's traffic on it.
 func (n *Node) claimVNI(name string, vni uint32) (uint32, error) {
 	if vni != 0 {
 		return vni, n.takeVNI(vni, name)
@@ -401,12 +414,19 @@ func (n *Node) claimVNI(name string, vni uint32) (uint32, error) {
 			v, _ := strconv.ParseUint(strings.TrimPrefix(k, vnisKey), 10, 32)
 			taken[uint32(v)] = true
 		}
-		vni = FirstVNI
-		for taken[vni] {
-			vni++
-		}
-		if vni > MaxVNI {
-			return 0, errors.New("no free VNI left")
+		// The cursor moves by check-and-set, so two hosts never both
+		// take the VNI after the same cursor; a VNI it passes and no one
+		// claims (a crash in between) waits for the next wrap.
+		err = n.cfg.Store.Update(vniCursorKey, func(old []byte) ([]byte, error) {
+			last, _ := strconv.ParseUint(string(old), 10, 32)
+			var ok bool
+			if vni, ok = nextFreeVNI(uint32(last), taken); !ok {
+				return nil, errors.New("no free VNI left")
+			}
+			return []byte(strconv.FormatUint(uint64(vni), 10)), nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("choose a VNI: %w", err)
 		}
 		err = n.takeVNI(vni, name)
 		if err == nil || !errors.Is(err, errVNITaken) {
@@ -414,6 +434,23 @@ func (n *Node) claimVNI(name string, vni uint32) (uint32, error) {
 		}
 	}
 	return 0, errors.New("could not claim a VNI: too many hosts claiming at once, try again")
+}
+
+// nextFreeVNI is the first VNI after last, from FirstVNI to MaxVNI and
+// round again, that taken does not hold.
+func nextFreeVNI(last uint32, taken map[uint32]bool) (uint32, bool) {
+	const size = MaxVNI - FirstVNI + 1
+	v := last
+	for range min(len(taken)+1, size) {
+		v++
+		if v < FirstVNI || v > MaxVNI {
+			v = FirstVNI
+		}
+		if !taken[v] {
+			return v, true
+		}
+	}
+	return 0, false
 }
 
 var errVNITaken = errors.New("VNI taken")

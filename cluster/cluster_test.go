@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -117,6 +118,82 @@ func TestDefineIsOncePerClusterAndChecked(t *testing.T) {
 	}
 }
 
+// VNIs are handed out after the last one given, wrapping: one freed is not
+// given again at once (a host may still hold the old overlay's device or
+// peers), and hosts claiming at once never get the same one.
+func TestVNIsAreNotReusedAtOnce(t *testing.T) {
+	agent := consultest.Start(t)
+	dir := t.TempDir()
+	a, b := node(t, agent.Addr, "a", dir), node(t, agent.Addr, "b", dir)
+	overlay := func(i int) Overlay {
+		return Overlay{Name: fmt.Sprintf("ov%d", i), Subnet4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 100, byte(i), 0}), 24)}
+	}
+	first, err := a.Define(overlay(0))
+	if err != nil || first.VNI != FirstVNI {
+		t.Fatalf("first: %+v, %v", first, err)
+	}
+	if err := a.Undefine("ov0"); err != nil {
+		t.Fatal(err)
+	}
+	next, err := b.Define(overlay(1))
+	if err != nil || next.VNI != FirstVNI+1 {
+		t.Fatalf("after the first was freed: VNI %d, %v; want %d, not the freed one", next.VNI, err, FirstVNI+1)
+	}
+	// A VNI taken by number is skipped.
+	byNumber := overlay(2)
+	byNumber.VNI = FirstVNI + 2
+	if _, err := a.Define(byNumber); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := a.Define(overlay(3)); err != nil || o.VNI != FirstVNI+3 {
+		t.Fatalf("after one taken by number: VNI %d, %v; want %d", o.VNI, err, FirstVNI+3)
+	}
+	// At the end of the range it wraps to the first free one.
+	if err := a.cfg.Store.Update(vniCursorKey, func([]byte) ([]byte, error) { return []byte(fmt.Sprint(MaxVNI)), nil }); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := b.Define(overlay(4)); err != nil || o.VNI != FirstVNI {
+		t.Fatalf("after the wrap: VNI %d, %v; want %d (freed, and the first free)", o.VNI, err, FirstVNI)
+	}
+	// Two hosts claiming at once: every VNI distinct.
+	var wg sync.WaitGroup
+	vnis := make(chan uint32, 20)
+	for i := 10; i < 30; i++ {
+		wg.Add(1)
+		go func(n *Node) {
+			defer wg.Done()
+			o, err := n.Define(overlay(i))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			vnis <- o.VNI
+		}(map[bool]*Node{true: a, false: b}[i%2 == 0])
+	}
+	wg.Wait()
+	close(vnis)
+	seen := map[uint32]bool{FirstVNI: true, FirstVNI + 1: true, FirstVNI + 2: true, FirstVNI + 3: true}
+	for v := range vnis {
+		if seen[v] {
+			t.Errorf("VNI %d handed out twice", v)
+		}
+		seen[v] = true
+	}
+}
+
+func TestNextFreeVNI(t *testing.T) {
+	taken := map[uint32]bool{FirstVNI: true, FirstVNI + 1: true, 7: true, MaxVNI: true}
+	for _, c := range []struct {
+		last, want uint32
+	}{
+		{0, FirstVNI + 2}, {FirstVNI, FirstVNI + 2}, {FirstVNI + 5, FirstVNI + 6}, {MaxVNI - 2, MaxVNI - 1}, {MaxVNI - 1, FirstVNI + 2}, {MaxVNI, FirstVNI + 2},
+	} {
+		if got, ok := nextFreeVNI(c.last, taken); !ok || got != c.want {
+			t.Errorf("after %d: %d %v, want %d", c.last, got, ok, c.want)
+		}
+	}
+}
+
 func TestUndefineRefusedWhileAnotherHostHasContainers(t *testing.T) {
 	agent := consultest.Start(t)
 	dir := t.TempDir()
@@ -148,8 +225,10 @@ func TestUndefineRefusedWhileAnotherHostHasContainers(t *testing.T) {
 	if _, err := a.Lookup("demo"); err == nil {
 		t.Fatal("definition still there")
 	}
-	// Its VNI is free again.
-	if again, err := a.Define(demo); err != nil || again.VNI != def.VNI {
+	// Its VNI is free again, for whoever asks for it by number.
+	byNumber := demo
+	byNumber.VNI = def.VNI
+	if again, err := a.Define(byNumber); err != nil || again.VNI != def.VNI {
 		t.Fatalf("redefined: %+v, %v", again, err)
 	}
 	if err := a.Undefine("nothing"); err != nil {
@@ -296,5 +375,34 @@ func TestPeersChangedLogged(t *testing.T) {
 	if strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "forget-host b") || strings.Count(got, "level=INFO") != 1 ||
 		!strings.Contains(got, `msg="peer host joined the cluster" host=b`) || strings.Contains(got, "host=a") {
 		t.Fatalf("b gone then back: want one warning naming forget-host b and one info, nothing of this host:\n%s", got)
+	}
+}
+
+// Registered runs after the first registration and after each one that
+// follows a lost session (when an operator may have removed this host).
+func TestRegisteredRunsAfterEachRegistration(t *testing.T) {
+	agent := consultest.Start(t)
+	n := node(t, agent.Addr, "a", t.TempDir())
+	runs := make(chan struct{}, 4)
+	n.cfg.Registered = func() { runs <- struct{}{} }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := n.Join(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 1 {
+		t.Fatalf("%d runs after Join, want 1", len(runs))
+	}
+	<-runs
+	n.mu.Lock()
+	se := n.session
+	n.mu.Unlock()
+	if err := se.Destroy(ctx); err != nil { // the session is lost
+		t.Fatal(err)
+	}
+	select {
+	case <-runs:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Registered did not run after the session was made again")
 	}
 }

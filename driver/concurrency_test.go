@@ -107,3 +107,74 @@ func TestConcurrentRequests(t *testing.T) {
 		}
 	})
 }
+
+// Repair runs beside requests (the periodic pass lists links and rules
+// before it takes the lock): whatever a request has just made, and may not
+// have been listed as owned, must never be taken for an orphan.
+func TestRepairDuringRequests(t *testing.T) {
+	inNewNetns(t, func() {
+		d := newTestDriver(t)
+		id := func(kind byte, i, j int) string {
+			return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59)
+		}
+		var stop atomic.Bool
+		passes := make(chan int)
+		go inTestNetns(func() {
+			n := 0
+			for !stop.Load() {
+				rep, err := d.Repair(&Claims{})
+				if err != nil || rep.changed() {
+					t.Errorf("repair beside requests changed something: %+v, %v", rep, err)
+				}
+				n++
+			}
+			passes <- n
+		})
+		const nets, eps = 8, 4
+		var wg sync.WaitGroup
+		for i := 0; i < nets; i++ {
+			wg.Add(1)
+			go inTestNetns(func() {
+				defer wg.Done()
+				nid := id('a', i, 0)
+				if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 100+i)}}}); err != nil {
+					t.Error(err)
+					return
+				}
+				for j := 0; j < eps; j++ {
+					eid := id('b', i, j)
+					if _, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+						Interface: &api.EndpointInterface{Address: fmt.Sprintf("10.%d.0.%d/24", 100+i, 2+j)}}); err != nil {
+						t.Error(err)
+						return
+					}
+					portmap := []interface{}{map[string]interface{}{"Proto": 6, "Port": 80, "HostPort": 21000 + i*eps + j, "HostPortEnd": 21000 + i*eps + j}}
+					if err := d.ProgramExternalConnectivity(&api.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid,
+						Options: map[string]interface{}{keyPortMap: portmap}}); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		stop.Store(true)
+		t.Logf("%d repairs ran beside the requests", <-passes)
+		s, _ := d.State()
+		if len(s.Networks) != nets || len(s.Endpoints) != nets*eps {
+			t.Fatalf("%d networks and %d endpoints recorded, want %d and %d", len(s.Networks), len(s.Endpoints), nets, nets*eps)
+		}
+		for _, ep := range s.Endpoints {
+			if !linkExists(ep.HostIf) || len(ep.Ports) != 1 {
+				t.Errorf("endpoint %s: veth there %v, ports %v", short(ep.ID, 12), linkExists(ep.HostIf), ep.Ports)
+			}
+		}
+		for _, n := range s.Networks {
+			if !linkExists(n.Options.Bridge) {
+				t.Errorf("bridge %s of network %s deleted", n.Options.Bridge, short(n.ID, 12))
+			}
+		}
+		if rep, err := d.Repair(&Claims{}); err != nil || rep.changed() || rep.PublishedPorts != nets*eps {
+			t.Fatalf("repair after the requests: %+v, %v", rep, err)
+		}
+	})
+}

@@ -298,11 +298,37 @@ type ruleSet struct {
 	ipv6  bool
 }
 
-// intact reports whether vxbridge's chains hold exactly as many rules of
+// listing is one `iptables -S` of each of vxbridge's chains, in both
+// families.
+type listing []listedChain
+
+type listedChain struct {
+	t            *iptables.IPTables
+	table, chain string
+	rules        []string
+}
+
+// list lists vxbridge's chains: two dozen iptables runs, slow under load,
+// so Repair lists before it takes the driver's lock.
+func (f *firewall) list() (listing, error) {
+	var l listing
+	for _, t := range []*iptables.IPTables{f.v4, f.v6} {
+		for _, c := range chains {
+			rules, err := t.List(c.table, c.name)
+			if err != nil {
+				return nil, fmt.Errorf("list chain %s: %w", c.name, err)
+			}
+			l = append(l, listedChain{t, c.table, c.name, rules})
+		}
+	}
+	return l, nil
+}
+
+// intact reports whether the listed chains hold exactly as many rules of
 // the tags in tags as want, per family and chain: a flush or a lost rule
 // shows as a shortfall, for one listing per chain instead of a check per
 // rule.
-func (f *firewall) intact(want []ruleSet, tags map[string]bool) (bool, error) {
+func (f *firewall) intact(l listing, want []ruleSet, tags map[string]bool) bool {
 	type key struct {
 		t     *iptables.IPTables
 		chain string
@@ -315,24 +341,18 @@ func (f *firewall) intact(want []ruleSet, tags map[string]bool) (bool, error) {
 			}
 		}
 	}
-	for _, t := range []*iptables.IPTables{f.v4, f.v6} {
-		for _, c := range chains {
-			rules, err := t.List(c.table, c.name)
-			if err != nil {
-				return false, fmt.Errorf("list chain %s: %w", c.name, err)
-			}
-			n := 0
-			for _, r := range rules {
-				if tag, ok := ruleTag(r); ok && tags[tag] {
-					n++
-				}
-			}
-			if n != expected[key{t, c.name}] {
-				return false, nil
+	for _, c := range l {
+		n := 0
+		for _, r := range c.rules {
+			if tag, ok := ruleTag(r); ok && tags[tag] {
+				n++
 			}
 		}
+		if n != expected[key{c.t, c.chain}] {
+			return false
+		}
 	}
-	return true, nil
+	return true
 }
 
 // ensure adds the rules that are missing; existing ones stay in place.
@@ -380,30 +400,30 @@ func (f *firewall) remove(rs []rule, ipv6 bool) error {
 	return nil
 }
 
-// removeOrphans deletes the tagged rules in vxbridge's chains whose tag no
-// record owns (live holds the tags of recorded networks and of endpoints
-// with published ports), and returns how many it deleted.
-func (f *firewall) removeOrphans(live map[string]bool) (int, error) {
+// removeOrphans deletes the listed tagged rules whose tag is not live
+// (the tags of recorded networks and of endpoints with published ports),
+// and returns how many it deleted. The listing may be older than live: a
+// rule already gone is skipped.
+func (f *firewall) removeOrphans(l listing, live map[string]bool) (int, error) {
 	n := 0
-	for _, t := range []*iptables.IPTables{f.v4, f.v6} {
-		for _, c := range chains {
-			rules, err := t.List(c.table, c.name)
-			if err != nil {
-				return n, fmt.Errorf("list chain %s: %w", c.name, err)
+	for _, c := range l {
+		for _, r := range c.rules {
+			tag, ok := ruleTag(r)
+			if !ok || live[tag] {
+				continue
 			}
-			for _, r := range rules {
-				tag, ok := ruleTag(r)
-				if !ok || live[tag] {
-					continue
-				}
-				// Our comments hold no spaces, so the listing splits back
-				// into the rule's arguments once the quotes are gone.
-				args := strings.Fields(strings.ReplaceAll(r, `"`, ""))[2:]
-				if err := t.Delete(c.table, c.name, args...); err != nil {
-					return n, fmt.Errorf("delete orphan rule %q: %w", r, err)
-				}
-				n++
+			// Our comments hold no spaces, so the listing splits back
+			// into the rule's arguments once the quotes are gone.
+			args := strings.Fields(strings.ReplaceAll(r, `"`, ""))[2:]
+			if ok, err := c.t.Exists(c.table, c.chain, args...); err != nil {
+				return n, fmt.Errorf("check orphan rule %q: %w", r, err)
+			} else if !ok {
+				continue
 			}
+			if err := c.t.Delete(c.table, c.chain, args...); err != nil {
+				return n, fmt.Errorf("delete orphan rule %q: %w", r, err)
+			}
+			n++
 		}
 	}
 	return n, nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -25,7 +26,7 @@ import (
 // kernel steps are tested without touching the host. Needs root; CI runs
 // these as root. Goroutines that fn starts run on other threads, in the
 // host's namespace: they must use inTestNetns.
-func inNewNetns(t *testing.T, fn func()) {
+func inNewNetns(t testing.TB, fn func()) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace (CI runs it as root)")
@@ -69,7 +70,7 @@ func inTestNetns(fn func()) {
 
 // newTestDriver returns a driver on a fresh state file, for use inside
 // inNewNetns.
-func newTestDriver(t *testing.T) *Driver {
+func newTestDriver(t testing.TB) *Driver {
 	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
 	if err != nil {
@@ -369,4 +370,76 @@ func TestLoopbackDropAndIsolationPlacement(t *testing.T) {
 			t.Fatalf("IPv6 has no route_localnet, so no loopback rules; got\n%s", strings.Join(l, "\n"))
 		}
 	})
+}
+
+// The bridge's MAC is the gateway's own, set explicitly: ports with lower
+// MACs do not change it (a bridge whose MAC was never set takes its lowest
+// port's), a bridge made without it gets it, and a re-made bridge has the
+// same one.
+func TestBridgeMACStaysTheGateways(t *testing.T) {
+	inNewNetns(t, func() {
+		n := testNetwork()
+		want := "02:42:0a:09:00:01" // from the gateway 10.9.0.1
+		mac := func() string {
+			t.Helper()
+			br, err := netlink.LinkByName(n.Options.Bridge)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return br.Attrs().HardwareAddr.String()
+		}
+		if err := ensureBridge(n); err != nil {
+			t.Fatal(err)
+		}
+		if got := mac(); got != want {
+			t.Fatalf("new bridge's MAC %s, want %s", got, want)
+		}
+		for i, low := range []string{"00:00:00:00:00:02", "00:00:00:00:00:01"} {
+			la := netlink.NewLinkAttrs()
+			la.Name = fmt.Sprintf("vxv-low%d", i)
+			la.HardwareAddr, _ = net.ParseMAC(low)
+			la.MasterIndex = mustLink(t, n.Options.Bridge).Attrs().Index
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: fmt.Sprintf("vxc-low%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.LinkSetUp(mustLink(t, la.Name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := mac(); got != want {
+			t.Fatalf("MAC after ports with lower MACs joined: %s, want %s", got, want)
+		}
+		// A bridge made by an earlier version took its lowest port's MAC;
+		// the next ensure gives it the gateway's, and announces it.
+		mustDel(t, n.Options.Bridge)
+		la := netlink.NewLinkAttrs()
+		la.Name = n.Options.Bridge
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetMaster(mustLink(t, "vxv-low1"), mustLink(t, n.Options.Bridge)); err != nil {
+			t.Fatal(err)
+		}
+		if got := mac(); got != "00:00:00:00:00:01" {
+			t.Fatalf("an unset bridge MAC is %s: the kernel did not take the lowest port's", got)
+		}
+		if err := ensureBridge(n); err != nil {
+			t.Fatal(err)
+		}
+		if got := mac(); got != want {
+			t.Fatalf("an earlier version's bridge: MAC %s, want %s", got, want)
+		}
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + n.Options.Bridge + "/arp_notify"); err != nil || strings.TrimSpace(string(b)) != "1" {
+			t.Fatalf("arp_notify = %q, %v; want 1", b, err)
+		}
+	})
+}
+
+func mustLink(t *testing.T, name string) netlink.Link {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

@@ -499,3 +499,140 @@ func clusterStoreError(err error) error {
 	}
 	return fmt.Errorf("cluster store: %w", err)
 }
+
+// BlockConflict is a block this host's records hold that the cluster
+// gives another host, while containers here have addresses in it: those
+// addresses may be handed out twice.
+type BlockConflict struct {
+	Overlay   string
+	Block     netip.Prefix
+	Holder    string
+	Addresses []netip.Addr
+}
+
+// BlockCheck says what one CheckBlocks changed.
+type BlockCheck struct {
+	Dropped   int // blocks the cluster no longer gives this host: dropped here
+	Reclaimed int // blocks it no longer gave, with addresses in use here: claimed back
+	Conflicts []BlockConflict
+}
+
+// CheckBlocks compares the blocks this host's pools hold with the cluster
+// store, for a host that may have been removed (ReleaseHostBlocks) while it
+// was away and came back with its state: the blocks are no longer its own
+// there, and another host may have claimed them. endpoints are the
+// addresses of this host's running containers. A block the cluster still
+// gives this host stays. One it does not is dropped here, so no address is
+// handed out of it any more; but if it is free in the cluster and this host
+// has addresses in use in it (any but the gateway, which every host has),
+// it is claimed back instead, so no other host can take them. A block
+// another host holds while a container here has an address in it is a
+// conflict: the address may be another host's container's too, and only
+// an operator can tell which one to move. It is reported at every check
+// until resolved; the address stays recorded here, so it is not handed out
+// here again.
+func (a *Allocator) CheckBlocks(endpoints []netip.Addr) (BlockCheck, error) {
+	var check BlockCheck
+	if a.cluster == nil {
+		return check, nil
+	}
+	a.claimMu.Lock() // no claim of this host's moves the blocks meanwhile
+	defer a.claimMu.Unlock()
+	pools, err := a.Pools()
+	if err != nil {
+		return check, err
+	}
+	held := map[string]map[netip.Prefix]string{} // by overlay
+	for _, p := range pools {
+		if p.Overlay == "" {
+			continue
+		}
+		if held[p.Overlay] == nil {
+			kv, err := a.cluster.List(blocksPrefix(p.Overlay))
+			if err != nil {
+				return check, fmt.Errorf("check the blocks of overlay %s: %w", p.Overlay, clusterStoreError(err))
+			}
+			held[p.Overlay] = map[netip.Prefix]string{}
+			for k, v := range kv {
+				if _, b, ok := parseBlockKey(k); ok {
+					held[p.Overlay][b], _ = blockHolder(k, v)
+				}
+			}
+		}
+		used := map[netip.Prefix][]netip.Addr{} // endpoints' addresses by block
+		for _, e := range endpoints {
+			if p.Prefix.Contains(e) {
+				used[p.blockOf(e)] = append(used[p.blockOf(e)], e)
+			}
+		}
+		consider := slices.Clone(p.Blocks)
+		for b := range used {
+			if !p.holds(b) {
+				consider = append(consider, b)
+			}
+		}
+		var drop, add []netip.Prefix
+		for _, b := range consider {
+			holder, claimed := held[p.Overlay][b]
+			if holder == a.host {
+				continue
+			}
+			if !claimed && (p.inUse(b) || len(used[b]) > 0) {
+				_, h, err := a.createBlock(p, b)
+				if err == nil {
+					check.Reclaimed++
+					if !p.holds(b) {
+						add = append(add, b)
+					}
+					continue
+				}
+				if !errors.Is(err, errBlockHeld) {
+					return check, err
+				}
+				holder = h // claimed meanwhile
+			}
+			if p.holds(b) {
+				drop = append(drop, b)
+			}
+			if holder != "" && len(used[b]) > 0 {
+				check.Conflicts = append(check.Conflicts, BlockConflict{Overlay: p.Overlay, Block: b, Holder: holder, Addresses: used[b]})
+			}
+		}
+		if len(drop)+len(add) == 0 {
+			continue
+		}
+		st, key, err := a.lookup(p.ID())
+		if err != nil {
+			return check, err
+		}
+		err = updatePool(st, key, p.ID(), "check the blocks of pool "+p.ID(), func(rec *Pool) error {
+			rec.Blocks = slices.DeleteFunc(rec.Blocks, func(b netip.Prefix) bool { return slices.Contains(drop, b) })
+			for _, b := range add {
+				rec.addBlock(b)
+			}
+			return nil
+		})
+		if err != nil {
+			return check, err
+		}
+		check.Dropped += len(drop)
+	}
+	a.conflictsMu.Lock()
+	a.conflicts = check.Conflicts
+	a.conflictsMu.Unlock()
+	return check, nil
+}
+
+// inUse reports whether addresses of block b other than the gateway are
+// allocated here.
+func (p *Pool) inUse(b netip.Prefix) bool {
+	first, end := p.allocatedIn(b.Addr(), lastAddr(b))
+	return slices.ContainsFunc(p.Allocated[first:end], func(x netip.Addr) bool { return x != p.Gateway })
+}
+
+// BlockConflicts are the conflicts the last CheckBlocks found.
+func (a *Allocator) BlockConflicts() []BlockConflict {
+	a.conflictsMu.Lock()
+	defer a.conflictsMu.Unlock()
+	return a.conflicts
+}

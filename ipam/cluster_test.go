@@ -449,3 +449,63 @@ func TestOverlayClusterStoreDown(t *testing.T) {
 		t.Fatalf("ReleaseHostBlocks with the cluster store down: %v", err)
 	}
 }
+
+// A host removed with ReleaseHostBlocks while away comes back with its old
+// state: CheckBlocks drops the blocks it no longer holds, claims back the
+// free ones it still uses, and reports those another host took while its
+// containers use them, at every check until resolved.
+func TestForgottenHostComesBack(t *testing.T) {
+	cluster := clusterOn(t, consultest.Shared(t), 0)
+	a, b := newHost(t, cluster, "a"), newHost(t, cluster, "b")
+	a.join(t, "10.70.0.0/24", "", "demo") // four blocks: .0, .64, .128, .192
+	b.join(t, "10.70.0.0/24", "", "demo")
+	a.mustRequest(t, "")                   // a: .0/26
+	b.mustRequest(t, "10.70.0.70")         // b: .64/26, a container
+	b.mustRequest(t, "10.70.0.130")        // b: .128/26…
+	release(t, b.a, b.pool, "10.70.0.130") // …no longer used
+	b.mustRequest(t, "10.70.0.200")        // b: .192/26, a container
+	checkBlocks(t, cluster, "demo", a, b)
+	if c, err := b.a.CheckBlocks(nil); err != nil || c.Dropped+c.Reclaimed+len(c.Conflicts) != 0 {
+		t.Fatalf("check of a host that holds its blocks: %+v, %v", c, err)
+	}
+
+	// b is forgotten while away, and a takes one of its blocks (and one
+	// of its containers' addresses).
+	if n, err := a.a.ReleaseHostBlocks("demo", "b"); n != 3 || err != nil {
+		t.Fatalf("ReleaseHostBlocks = %d, %v; want 3", n, err)
+	}
+	a.mustRequest(t, "10.70.0.70")
+
+	// b comes back with its state and its two containers.
+	if err := b.a.spaces[LocalSpace].Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.open(t, cluster)
+	running := []netip.Addr{netip.MustParseAddr("10.70.0.70"), netip.MustParseAddr("10.70.0.200")}
+	c, err := b.a.CheckBlocks(running)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []BlockConflict{{Overlay: "demo", Block: netip.MustParsePrefix("10.70.0.64/26"), Holder: "a", Addresses: running[:1]}}
+	if c.Dropped != 2 || c.Reclaimed != 1 || !slices.EqualFunc(c.Conflicts, want, func(x, y BlockConflict) bool {
+		return x.Overlay == y.Overlay && x.Block == y.Block && x.Holder == y.Holder && slices.Equal(x.Addresses, y.Addresses)
+	}) {
+		t.Fatalf("check = %+v; want 2 dropped (.64 held by a, .128 unused), .192 claimed back, .70 in conflict with a", c)
+	}
+	checkBlocks(t, cluster, "demo", a, b)
+	if got := clusterBlocks(t, cluster, "demo"); got["10.70.0.192/26"] != "b" || got["10.70.0.64/26"] != "a" {
+		t.Fatalf("blocks %v", got)
+	}
+	// b hands out nothing more from a's block: its next address is in the
+	// one it claimed back.
+	if got := b.mustRequest(t, ""); !netip.MustParsePrefix("10.70.0.192/26").Contains(got) {
+		t.Fatalf("b's next address %s, want one in 10.70.0.192/26", got)
+	}
+	// Still a conflict at the next check, until the container is gone.
+	if c, err := b.a.CheckBlocks(running); err != nil || len(c.Conflicts) != 1 || len(b.a.BlockConflicts()) != 1 {
+		t.Fatalf("second check: %+v, %v", c, err)
+	}
+	if c, err := b.a.CheckBlocks(running[1:]); err != nil || len(c.Conflicts)+c.Dropped+c.Reclaimed != 0 || len(b.a.BlockConflicts()) != 0 {
+		t.Fatalf("check once the container is gone: %+v, %v", c, err)
+	}
+}

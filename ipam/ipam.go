@@ -75,6 +75,9 @@ type Allocator struct {
 	// claimMu lets one request at a time claim or release blocks of
 	// overlay pools in the cluster store.
 	claimMu sync.Mutex
+	// conflicts are the last CheckBlocks' (for `vxbridge state`).
+	conflictsMu sync.Mutex
+	conflicts   []BlockConflict
 }
 
 var _ api.Ipam = (*Allocator)(nil)

@@ -380,3 +380,63 @@ func TestUpConvergenceMetric(t *testing.T) {
 	}
 	t.Logf("A programmed B's %d containers %.1f ms (mean) after B advertised them", n, 1000*mean)
 }
+
+// A host removed with forget-host that comes back with its state: its
+// container's address, taken meanwhile by another host, is reported as a
+// conflict (`vxbridge state`) until that container is gone.
+func TestUpForgottenHostComesBack(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw = "opsforget"
+	overlay(t, a, nw, "--subnet", "10.219.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay "+nw+" on host B", func() bool { return b.hasNetwork(nw) })
+	b.docker(t, "run", "-d", "--name", "forgetb", "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "rm", "-f", "forgetb") })
+	ipB := b.ipOf(t, "forgetb", nw)
+	var nameA, nameB string
+	for _, p := range a.peers(t) {
+		if p.Self {
+			nameA = p.Host
+		}
+	}
+	for _, p := range b.peers(t) {
+		if p.Self {
+			nameB = p.Host
+		}
+	}
+
+	b.docker(t, "plugin", "disable", "-f", driver)
+	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "plugin", "enable", driver) })
+	waitUntil(t, 90*time.Second, "B's session to expire", func() bool { return len(a.peers(t)) == 2 })
+	if out, code := a.cli(t, "forget-host", nameB); code != 0 || !strings.Contains(out, "1 address block") {
+		t.Fatalf("forget-host %s on A: exit %d\n%s", nameB, code, out)
+	}
+	// A takes B's block, and with it the address B's container has.
+	a.docker(t, "run", "-d", "--name", "forgeta", "--network", nw, "--ip", ipB, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "forgeta") })
+
+	b.docker(t, "plugin", "enable", driver)
+	type conflict struct {
+		Block     string
+		Holder    string
+		Addresses []string
+	}
+	conflicts := func() []conflict {
+		time.Sleep(500 * time.Millisecond) // polled: a CLI run each
+		out, code := b.cli(t, "state")
+		var s struct{ BlockConflicts []conflict }
+		if err := json.Unmarshal([]byte(out), &s); err != nil || code != 0 {
+			t.Fatalf("vxbridge state on B: exit %d, %v\n%s", code, err, out)
+		}
+		return s.BlockConflicts
+	}
+	waitUntil(t, 60*time.Second, "B to report its address held by A", func() bool {
+		cs := conflicts()
+		return len(cs) == 1 && cs[0].Holder == nameA && len(cs[0].Addresses) == 1 && cs[0].Addresses[0] == ipB
+	})
+	t.Logf("B reports: %+v", conflicts())
+	// Resolved once B's container is gone (checked again every minute).
+	b.docker(t, "rm", "-f", "forgetb")
+	took := waitUntil(t, 90*time.Second, "B's conflict to clear", func() bool { return len(conflicts()) == 0 })
+	t.Logf("conflict cleared %v after the container went", took)
+}
