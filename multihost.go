@@ -118,7 +118,7 @@ func joinCluster(ctx context.Context, log *slog.Logger, cs *consul.Store, local 
 			}
 		}
 	}()
-	learner := &names.Learner{Docker: docker, Node: node, Networks: endpointNetworks(drv), Log: log}
+	learner := &names.Learner{Docker: docker, Node: node, Networks: endpointNetworks(drv), Log: log, Table: table}
 	go learner.Run(ctx)
 	go node.Watch(ctx, func(all []cluster.Overlay, eps []cluster.Endpoint) {
 		programPeers(ctx, log, dp, host, all, eps)
@@ -201,24 +201,61 @@ func programPeers(ctx context.Context, log *slog.Logger, dp *overlay.Overlay, ho
 	}
 }
 
-// startResolver serves cross-host names at driver.ResolverAddr, forwarding
-// other names to the name servers of the host's resolv.conf (a managed
-// plugin sees the host's; it runs in the host's network namespace, so
-// loopback servers work too).
+// startResolver serves cross-host names at driver.ResolverAddr (where the
+// overlay bridges DNAT IPv4 queries) and on port 53 of the resolver's own
+// addresses (dockerd's `dns` setting, internal overlays' route, IPv6
+// queries), forwarding other names to the name servers of the host's
+// resolv.conf (a managed plugin sees the host's; it runs in the host's
+// network namespace, so loopback servers work too). The resolver's
+// addresses are checked every few seconds and stay when the plugin stops:
+// a query to a closed port fails at once, so dockerd's DNS moves on to the
+// next server (see README, names).
 func startResolver(ctx context.Context, log *slog.Logger, table *names.Table) {
 	ups, err := names.Upstreams("/etc/resolv.conf")
 	if err != nil {
 		log.Warn("no upstream name servers: containers on overlays resolve only cross-host names", "err", err)
 	}
-	srv, err := names.Serve(netip.MustParseAddrPort(driver.ResolverAddr), table, ups, log)
+	_, v6, err := driver.EnsureResolverAddrs()
 	if err != nil {
-		log.Error("no resolver for cross-host names: containers on overlays cannot resolve other names either", "err", err)
-		return
+		log.Error("no resolver address: only the zero-flag interception of IPv4 queries works", "err", err)
 	}
-	log.Info("resolver for cross-host names", "addr", driver.ResolverAddr, "upstreams", ups)
+	addrs := []netip.AddrPort{netip.MustParseAddrPort(driver.ResolverAddr)}
+	if err == nil {
+		addrs = append(addrs, netip.AddrPortFrom(driver.ResolverIPv4, 53))
+	}
+	if v6 {
+		addrs = append(addrs, netip.AddrPortFrom(driver.ResolverIPv6, 53))
+	}
+	var srvs []*names.Server
+	for _, a := range addrs {
+		srv, err := names.Serve(a, table, ups, log)
+		if err != nil {
+			log.Error("no resolver for cross-host names here: containers asking it cannot resolve other names either", "err", err)
+			continue
+		}
+		srvs = append(srvs, srv)
+	}
+	log.Info("resolver for cross-host names", "addrs", addrs, "upstreams", ups)
 	go func() {
-		<-ctx.Done()
-		srv.Close()
+		tick := time.NewTicker(5 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				for _, srv := range srvs {
+					srv.Close()
+				}
+				return
+			case <-tick.C:
+			}
+			// The sockets stay bound while an address is gone: back on the
+			// link, it is served again.
+			if changed, _, err := driver.EnsureResolverAddrs(); err != nil {
+				log.Warn("resolver address", "err", err)
+			} else if changed {
+				log.Warn("resolver address was missing: restored")
+			}
+		}
 	}()
 }
 

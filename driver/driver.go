@@ -40,6 +40,9 @@ type Driver struct {
 	// broken maps the networks the last Repair could not bring in line to
 	// why (written under mu's write lock).
 	broken map[string]string
+	// routeMu makes "does the container have the resolver route? then
+	// give it" one step (Join).
+	routeMu sync.Mutex
 	// For overlay networks; nil on a host without a cluster (Multihost).
 	cluster  Cluster
 	datapath Datapath
@@ -438,8 +441,52 @@ func (d *Driver) Join(req *api.JoinRequest) (*api.JoinResponse, error) {
 		if n.Gateway6.IsValid() {
 			res.GatewayIPv6 = n.Gateway6.Addr().String()
 		}
+		return res, nil
+	}
+	if n.VNI != 0 && n.Gateway4.IsValid() {
+		route, err := d.resolverRoute(n, ep, req.SandboxKey)
+		if err != nil {
+			return nil, err
+		}
+		if route != nil {
+			res.StaticRoutes = []*api.StaticRoute{route}
+		}
 	}
 	return res, nil
+}
+
+// resolverRoute is the route an internal overlay's container needs to reach
+// the resolver's own address (the one dockerd's `dns` setting names): an
+// internal network gives no default route. It goes through the bridge,
+// which holds the gateway address of internal networks too. dockerd fails
+// a Join whose route the container already has (EEXIST), so only the
+// first of a container's internal overlays gives it: that endpoint's
+// record keeps the sandbox. Should that network leave the container while
+// another internal overlay stays, the route goes with it (until the
+// container is started or connected again).
+func (d *Driver) resolverRoute(n *Network, ep *Endpoint, sandbox string) (*api.StaticRoute, error) {
+	d.routeMu.Lock()
+	defer d.routeMu.Unlock()
+	if sandbox != "" {
+		eps, err := loadAll[Endpoint](d.store, endpointKeys)
+		if err != nil {
+			return nil, fmt.Errorf("join: read endpoints: %w", err)
+		}
+		for _, o := range eps {
+			if o.ID != ep.ID && o.ResolverRoute == sandbox {
+				return nil, nil
+			}
+		}
+	}
+	ep.ResolverRoute = sandbox
+	if err := save(d.store, endpointKey(n.ID, ep.ID), ep); err != nil {
+		return nil, fmt.Errorf("join: record endpoint %s: %w", short(ep.ID, 12), err)
+	}
+	return &api.StaticRoute{
+		Destination: netip.PrefixFrom(ResolverIPv4, 32).String(),
+		RouteType:   0, // through a next hop
+		NextHop:     n.Gateway4.Addr().String(),
+	}, nil
 }
 
 // Leave needs no work: dockerd moves the peer back to the host, and

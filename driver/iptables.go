@@ -26,16 +26,20 @@ const (
 	dockerUser       = "DOCKER-USER"
 )
 
-// ResolverAddr is where the plugin's resolver for cross-host names listens
-// (on each host running overlays), and where the queries leaving overlay
-// bridges for port 53 are sent.
-const ResolverAddr = "127.0.0.1:53530"
-
 type rule struct {
 	table, chain string
 	spec         []string
-	v4only       bool // NAT and published ports are IPv4 only, as Docker's are
+	family       family
 }
+
+// family says which of a network's address families a rule applies to.
+type family int
+
+const (
+	anyFamily family = iota // IPv4, and IPv6 on networks with IPv6
+	v4Only                  // NAT and published ports are IPv4 only, as Docker's are
+	v6Only                  // the DNAT of DNS queries to the resolver's IPv6 address
+)
 
 // place says where a fixed rule goes in its chain.
 type place int
@@ -64,37 +68,37 @@ var chains = []struct{ table, name string }{
 var dockerBridges = []string{"docker0", "br-+"}
 
 var fixed = slices.Concat([]fixedRule{
-	{rule{"filter", "FORWARD", []string{"-j", chainForward}, false}, top},
-	{rule{"filter", chainForward, []string{"-j", chainIsolation1}, false}, top},
+	{rule{"filter", "FORWARD", []string{"-j", chainForward}, anyFamily}, top},
+	{rule{"filter", chainForward, []string{"-j", chainIsolation1}, anyFamily}, top},
 	// dockerd inserts its own FORWARD rules (which accept all traffic
 	// leaving its bridges) at the top whenever it starts or makes a
 	// network, so the isolation drops must also be reached from
 	// DOCKER-USER, which dockerd keeps first: Docker's documented place for
 	// rules that load before its own. They go last there, so rules a user
 	// inserts still win, as they do over Docker's own isolation.
-	{rule{"filter", dockerUser, []string{"-j", chainIsolation1}, false}, beforeEnd},
+	{rule{"filter", dockerUser, []string{"-j", chainIsolation1}, anyFamily}, beforeEnd},
 	// Addresses of the host itself, from outside (PREROUTING) and from the
 	// host (OUTPUT, 127.0.0.1 included).
-	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
-	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, true}, appended},
-	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, true}, top},
+	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, v4Only}, appended},
+	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, v4Only}, appended},
+	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, v4Only}, top},
 	// A published port is public, as with Docker: a connection DNATed to
 	// it crosses isolation, both ways (conntrack marks both directions of
 	// a DNATed connection). Returning from ISOLATION-2 and -3 only, not
 	// from -1, leaves in force the drops -1 holds for internal networks.
-	{rule{"filter", chainIsolation2, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, false}, top},
-	{rule{"filter", chainIsolation3, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, false}, top},
+	{rule{"filter", chainIsolation2, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, anyFamily}, top},
+	{rule{"filter", chainIsolation3, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, anyFamily}, top},
 	// Packets as they arrive, before any NAT: see networkRules.
-	{rule{"raw", "PREROUTING", []string{"-j", chainLoopback}, true}, top},
-	{rule{"nat", "PREROUTING", []string{"-j", chainDNS}, true}, top},
+	{rule{"raw", "PREROUTING", []string{"-j", chainLoopback}, v4Only}, top},
+	{rule{"nat", "PREROUTING", []string{"-j", chainDNS}, anyFamily}, top},
 }, dockerIsolation())
 
 func dockerIsolation() []fixedRule {
 	var rs []fixedRule
 	for _, b := range dockerBridges {
 		rs = append(rs,
-			fixedRule{rule{"filter", chainIsolation2, []string{"-o", b, "-j", "DROP"}, false}, appended},
-			fixedRule{rule{"filter", chainIsolation3, []string{"-i", b, "-j", "DROP"}, false}, appended})
+			fixedRule{rule{"filter", chainIsolation2, []string{"-o", b, "-j", "DROP"}, anyFamily}, appended},
+			fixedRule{rule{"filter", chainIsolation3, []string{"-i", b, "-j", "DROP"}, anyFamily}, appended})
 	}
 	return rs
 }
@@ -119,7 +123,12 @@ func newFirewall() (*firewall, error) {
 
 // tables returns the iptables of the families a rule applies to.
 func (f *firewall) tables(r rule, ipv6 bool) []*iptables.IPTables {
-	if ipv6 && !r.v4only {
+	switch {
+	case r.family == v6Only && ipv6:
+		return []*iptables.IPTables{f.v6}
+	case r.family == v6Only:
+		return nil
+	case ipv6 && r.family == anyFamily:
 		return []*iptables.IPTables{f.v4, f.v6}
 	}
 	return []*iptables.IPTables{f.v4}
@@ -207,13 +216,13 @@ func networkRules(n *Network) []rule {
 		icc = "DROP"
 	}
 	rs := []rule{
-		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), false},
+		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), anyFamily},
 		// Isolation: traffic leaving this bridge for another vxbridge
 		// bridge or one of Docker's is dropped in ISOLATION-2, traffic
 		// entering it from one of Docker's in ISOLATION-3.
-		{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", chainIsolation2}), false},
-		{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", chainIsolation3}), false},
-		{"filter", chainIsolation2, spec([]string{"-o", br}, t, []string{"-j", "DROP"}), false},
+		{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", chainIsolation2}), anyFamily},
+		{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", chainIsolation3}), anyFamily},
+		{"filter", chainIsolation2, spec([]string{"-o", br}, t, []string{"-j", "DROP"}), anyFamily},
 		// The bridge has route_localnet (for ports published on
 		// 127.0.0.1), which would let a neighbour with a route to
 		// 127.0.0.1 through the gateway reach what the host serves on
@@ -223,37 +232,41 @@ func networkRules(n *Network) []rule {
 		// connections to 127.0.0.1 ports (addressed to the gateway until
 		// conntrack undoes the masquerade) pass. Internal networks get it
 		// too: route_localnet may also be set host-wide.
-		{"raw", chainLoopback, spec([]string{"-i", br, "-d", "127.0.0.0/8"}, t, []string{"-j", "DROP"}), true},
+		{"raw", chainLoopback, spec([]string{"-i", br, "-d", "127.0.0.0/8"}, t, []string{"-j", "DROP"}), v4Only},
 	}
 	if n.Options.Internal {
 		// No way out and no way in, whatever else the host allows,
 		// published ports of other networks included: in ISOLATION-1,
 		// whose DNAT exemption (see fixed) does not apply to these.
 		return append(rs,
-			rule{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), false},
-			rule{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), false},
+			rule{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
+			rule{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
 		)
 	}
 	rs = append(rs,
-		rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "ACCEPT"}), false},
-		rule{"filter", chainForward, spec([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, t, []string{"-j", "ACCEPT"}), false},
+		rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "ACCEPT"}), anyFamily},
+		rule{"filter", chainForward, spec([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, t, []string{"-j", "ACCEPT"}), anyFamily},
 		// The host reaching a published port on 127.0.0.1: the container
 		// must see a source it can answer.
-		rule{"nat", chainPostrouting, spec([]string{"-o", br, "-m", "addrtype", "--src-type", "LOCAL"}, t, []string{"-j", "MASQUERADE"}), true},
+		rule{"nat", chainPostrouting, spec([]string{"-o", br, "-m", "addrtype", "--src-type", "LOCAL"}, t, []string{"-j", "MASQUERADE"}), v4Only},
 	)
 	if n.VNI != 0 {
 		// Docker's embedded DNS sends the names it does not know to the
 		// container's upstream servers from the container's namespace, so
 		// through this bridge: the plugin's resolver answers the names of
 		// the overlay's containers on other hosts and forwards the rest
-		// (package names). The bridge has route_localnet.
+		// (package names). The bridge has route_localnet; IPv6 has no such
+		// thing, so IPv6 queries go to the resolver's own address.
+		v6 := "[" + ResolverIPv6.String() + "]:53"
 		for _, proto := range []string{"udp", "tcp"} {
-			rs = append(rs, rule{"nat", chainDNS, spec([]string{"-i", br, "-p", proto, "--dport", "53"}, t,
-				[]string{"-j", "DNAT", "--to-destination", ResolverAddr}), true})
+			match := spec([]string{"-i", br, "-p", proto, "--dport", "53"}, t)
+			rs = append(rs,
+				rule{"nat", chainDNS, spec(match, []string{"-j", "DNAT", "--to-destination", ResolverAddr}), v4Only},
+				rule{"nat", chainDNS, spec(match, []string{"-j", "DNAT", "--to-destination", v6}), v6Only})
 		}
 	}
 	if n.Options.Masquerade && n.Gateway4.IsValid() {
-		rs = append(rs, rule{"nat", chainPostrouting, spec([]string{"-s", n.Gateway4.Masked().String(), "!", "-o", br}, t, []string{"-j", "MASQUERADE"}), true})
+		rs = append(rs, rule{"nat", chainPostrouting, spec([]string{"-s", n.Gateway4.Masked().String(), "!", "-o", br}, t, []string{"-j", "MASQUERADE"}), v4Only})
 	}
 	return rs
 }
@@ -271,9 +284,9 @@ func portRules(n *Network, ep *Endpoint, b PortBinding) []rule {
 		dst = append(dst, "-d", b.HostIP.String())
 	}
 	return []rule{
-		{"nat", chainDNAT, spec(dst, []string{"--dport", fmt.Sprint(b.HostPort)}, t, []string{"-j", "DNAT", "--to-destination", cip + ":" + cport}), true},
-		{"filter", chainForward, spec([]string{"-d", cip, "!", "-i", br, "-o", br, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "ACCEPT"}), true},
-		{"nat", chainPostrouting, spec([]string{"-s", cip, "-d", cip, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "MASQUERADE"}), true},
+		{"nat", chainDNAT, spec(dst, []string{"--dport", fmt.Sprint(b.HostPort)}, t, []string{"-j", "DNAT", "--to-destination", cip + ":" + cport}), v4Only},
+		{"filter", chainForward, spec([]string{"-d", cip, "!", "-i", br, "-o", br, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "ACCEPT"}), v4Only},
+		{"nat", chainPostrouting, spec([]string{"-s", cip, "-d", cip, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "MASQUERADE"}), v4Only},
 	}
 }
 
@@ -287,8 +300,8 @@ func legacyRules(n *Network) []rule {
 	}
 	br, t := n.Options.Bridge, tag(short(n.ID, 12))
 	return []rule{
-		{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), false},
-		{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), false},
+		{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
+		{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
 	}
 }
 

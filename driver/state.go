@@ -33,6 +33,9 @@ type Endpoint struct {
 	Addr6     netip.Prefix `json:",omitempty"`
 	// Ports are the published ports as programmed (host ports chosen).
 	Ports []PortBinding `json:",omitempty"`
+	// ResolverRoute is the sandbox (container) this endpoint's Join gave
+	// the route to the resolver (internal overlays only; see Join).
+	ResolverRoute string `json:",omitempty"`
 }
 
 const (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -38,8 +39,17 @@ type Learner struct {
 	// network IDs (the driver's records).
 	Networks func() (map[string]string, error)
 	Log      *slog.Logger
+	// Table, when set, gets every address of the local containers on
+	// overlays (Table.SetAskers).
+	Table *Table
 
 	renamed atomic.Bool // a container was renamed: learn every name again
+	// moved: a container was connected to or disconnected from a network:
+	// find the askers again.
+	moved atomic.Bool
+	// endpoints are the local endpoints the askers were found for (only
+	// Run's goroutine reads and writes it).
+	endpoints string
 }
 
 // Run learns names until ctx ends.
@@ -47,6 +57,7 @@ func (l *Learner) Run(ctx context.Context) {
 	// Names kept from before a restart may have changed meanwhile: check
 	// them all once.
 	l.renamed.Store(true)
+	l.moved.Store(true)
 	kick := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -55,12 +66,15 @@ func (l *Learner) Run(ctx context.Context) {
 		}
 	}
 	go func() {
-		filters := map[string][]string{"type": {"network", "container"}, "event": {"connect", "rename"}}
+		// Any network's connect and disconnect: a container's addresses on
+		// Docker's own networks count too (Asker).
+		filters := map[string][]string{"type": {"network", "container"}, "event": {"connect", "disconnect", "rename"}}
 		for ctx.Err() == nil {
 			err := l.Docker.Events(ctx, filters, poke, func(e reconcile.Event) {
 				if e.Action == "rename" {
 					l.renamed.Store(true)
 				}
+				l.moved.Store(true)
 				poke()
 			})
 			if ctx.Err() == nil {
@@ -88,31 +102,43 @@ func (l *Learner) Run(ctx context.Context) {
 }
 
 // learn advertises the names of the endpoints that have none yet (all of
-// them after a rename).
+// them after a rename), and finds the askers again when containers moved
+// or the local endpoints changed.
 func (l *Learner) learn(ctx context.Context) error {
 	all := l.renamed.Swap(false)
 	missing := map[string]bool{}
 	known := map[string][]string{}
-	for _, ep := range l.Node.LocalEndpoints() {
+	local := l.Node.LocalEndpoints()
+	ids := make([]string, 0, len(local))
+	for _, ep := range local {
+		ids = append(ids, ep.ID)
 		if all || ep.Names == nil {
 			missing[ep.ID] = true
 			known[ep.ID] = ep.Names
 		}
 	}
-	if len(missing) == 0 {
+	slices.Sort(ids)
+	endpoints := strings.Join(ids, ",")
+	askers := l.Table != nil && (l.moved.Swap(false) || endpoints != l.endpoints)
+	if len(missing) == 0 && !askers {
 		return nil
 	}
 	nets, err := l.Networks()
 	if err != nil {
+		if askers {
+			l.moved.Store(true)
+		}
 		return err
 	}
 	byNetwork := map[string]bool{}
-	for id := range missing {
-		if nid, ok := nets[id]; ok {
+	for _, ep := range local {
+		if nid, ok := nets[ep.ID]; ok && (askers || missing[ep.ID]) {
 			byNetwork[nid] = true
 		}
 	}
 	var errs []error
+	networks := map[string]reconcile.Network{}     // by ID, as asked
+	containers := map[string]reconcile.Container{} // on overlays, by ID
 	for nid := range byNetwork {
 		n, err := l.Docker.Network(ctx, nid)
 		if errors.Is(err, reconcile.ErrNotFound) {
@@ -122,16 +148,24 @@ func (l *Learner) learn(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
+		networks[nid] = n
 		for cid, c := range n.Containers {
+			if !missing[c.EndpointID] && !askers {
+				continue
+			}
+			ct, ok := containers[cid]
+			if !ok {
+				ct, err = l.Docker.Container(ctx, cid)
+				if errors.Is(err, reconcile.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				containers[cid] = ct
+			}
 			if !missing[c.EndpointID] {
-				continue
-			}
-			ct, err := l.Docker.Container(ctx, cid)
-			if errors.Is(err, reconcile.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				errs = append(errs, err)
 				continue
 			}
 			names := containerNames(ct, n.Name)
@@ -145,10 +179,61 @@ func (l *Learner) learn(ctx context.Context) error {
 			l.Log.Debug("names advertised", "endpoint", c.EndpointID[:min(12, len(c.EndpointID))], "names", names)
 		}
 	}
+	if askers {
+		if err := l.findAskers(ctx, byNetwork, networks, containers); err != nil {
+			errs = append(errs, err)
+		}
+		if len(errs) > 0 {
+			l.moved.Store(true) // try again
+		} else {
+			l.endpoints = endpoints
+		}
+	}
 	if len(errs) > 0 && all {
 		l.renamed.Store(true) // try the whole pass again
 	}
 	return errors.Join(errs...)
+}
+
+// findAskers gives the Table every address of the containers on this
+// host's overlays (the IDs in overlays), with the overlays each is on and
+// whether it has a network that is not internal.
+func (l *Learner) findAskers(ctx context.Context, overlays map[string]bool, networks map[string]reconcile.Network,
+	containers map[string]reconcile.Container) error {
+	askers := map[netip.Addr]Asker{}
+	for _, ct := range containers {
+		var a Asker
+		var addrs []netip.Addr
+		for name, cn := range ct.NetworkSettings.Networks {
+			if overlays[cn.NetworkID] {
+				a.Overlays = append(a.Overlays, name)
+			}
+			n, ok := networks[cn.NetworkID]
+			if !ok {
+				var err error
+				n, err = l.Docker.Network(ctx, cn.NetworkID)
+				if errors.Is(err, reconcile.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				networks[cn.NetworkID] = n
+			}
+			a.External = a.External || !n.Internal
+			for _, s := range []string{cn.IPAddress, cn.GlobalIPv6Address} {
+				if ip, err := netip.ParseAddr(s); err == nil {
+					addrs = append(addrs, ip)
+				}
+			}
+		}
+		slices.Sort(a.Overlays)
+		for _, ip := range addrs {
+			askers[ip] = a
+		}
+	}
+	l.Table.SetAskers(askers)
+	return nil
 }
 
 // containerNames is the container's name and its aliases on the network,

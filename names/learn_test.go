@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"testing"
 
@@ -116,5 +117,64 @@ func TestLearnerAdvertisesNamesAndAliases(t *testing.T) {
 	l.learn(context.Background())
 	if got := node.eps["ep2"].Names; !reflect.DeepEqual(got, []string{"renamed"}) {
 		t.Errorf("ep2 names after a rename %v", got)
+	}
+}
+
+// Every address of a container on an overlay is an asker of that overlay,
+// its address on Docker's bridge too; a pass finds them again only when a
+// container moved or the local endpoints changed.
+func TestLearnerFindsAskers(t *testing.T) {
+	var ov, br, inner reconcile.Network
+	ov.Name, br.Name, inner.Name, inner.Internal = "front", "bridge", "inner", true
+	ov.Containers = map[string]struct {
+		Name        string
+		EndpointID  string
+		MacAddress  string
+		IPv4Address string
+		IPv6Address string
+	}{"c1": {EndpointID: "ep1"}, "c2": {EndpointID: "ep2"}}
+	c1 := container("both", "front")
+	c1.NetworkSettings.Networks = map[string]reconcile.ContainerNetwork{
+		"front":  {NetworkID: "n1", IPAddress: "10.0.1.2", GlobalIPv6Address: "fd00:1::2"},
+		"bridge": {NetworkID: "nb", IPAddress: "172.17.0.2"},
+	}
+	c2 := container("shut", "front")
+	c2.NetworkSettings.Networks = map[string]reconcile.ContainerNetwork{
+		"front": {NetworkID: "n1", IPAddress: "10.0.1.3"},
+		"inner": {NetworkID: "ni", IPAddress: "10.0.2.3"},
+	}
+	d := &fakeDocker{
+		networks:   map[string]reconcile.Network{"n1": ov, "nb": br, "ni": inner},
+		containers: map[string]reconcile.Container{"c1": c1, "c2": c2},
+	}
+	node := &fakeNode{eps: map[string]cluster.Endpoint{"ep1": {ID: "ep1", Names: []string{"both"}}, "ep2": {ID: "ep2", Names: []string{"shut"}}}}
+	tb := &Table{}
+	l := &Learner{Docker: d, Node: node, Log: slog.New(slog.DiscardHandler), Table: tb,
+		Networks: func() (map[string]string, error) { return map[string]string{"ep1": "n1", "ep2": "n1"}, nil }}
+	l.moved.Store(true)
+	if err := l.learn(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	front := Asker{Overlays: []string{"front"}, External: true}
+	// c2's internal network is not a vxbridge overlay of this host: not an
+	// overlay of its, but its address counts.
+	want := map[netip.Addr]Asker{
+		netip.MustParseAddr("10.0.1.2"): front, netip.MustParseAddr("fd00:1::2"): front,
+		netip.MustParseAddr("172.17.0.2"): front,
+		netip.MustParseAddr("10.0.1.3"):   front, netip.MustParseAddr("10.0.2.3"): front,
+	}
+	if !reflect.DeepEqual(tb.askers, want) {
+		t.Errorf("askers %v; want %v", tb.askers, want)
+	}
+	d.asked = 0
+	l.learn(context.Background())
+	if d.asked != 0 {
+		t.Errorf("a pass with nothing moved asked dockerd %d times", d.asked)
+	}
+	delete(node.eps, "ep2") // c2 left front
+	delete(ov.Containers, "c2")
+	l.learn(context.Background())
+	if _, ok := tb.askers[netip.MustParseAddr("10.0.1.3")]; ok || len(tb.askers) != 3 {
+		t.Errorf("askers after ep2 went: %v", tb.askers)
 	}
 }

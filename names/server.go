@@ -78,6 +78,12 @@ func (s *Server) handle(w dns.ResponseWriter, q *dns.Msg) {
 		w.WriteMsg(r)
 		return
 	}
+	if src, err := netip.ParseAddrPort(w.RemoteAddr().String()); err == nil && !s.table.Forwards(src.Addr()) {
+		r := new(dns.Msg)
+		r.SetRcode(q, dns.RcodeRefused)
+		w.WriteMsg(r)
+		return
+	}
 	w.WriteMsg(s.forward(w.RemoteAddr().Network(), q))
 }
 

@@ -183,3 +183,38 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 		t.Fatal("a missing resolv.conf gave no error")
 	}
 }
+
+// A query sent to the resolver's own address from another network's
+// address (Docker's bridge, say) is answered by the overlays of the local
+// container holding that address; a container on internal overlays only
+// gets no other names.
+func TestAskersByAnyAddress(t *testing.T) {
+	tb, srv := start(t, upstream(t))
+	internal := cluster.Overlay{Name: "inner", Internal: true, Subnet4: netip.MustParsePrefix("127.0.4.0/24")}
+	tb.Update("a", append(slices.Clone(defs), internal), append(slices.Clone(eps),
+		cluster.Endpoint{Overlay: "inner", Host: "b", ID: "7", IPv4: netip.MustParseAddr("127.0.4.10"), Names: []string{"vault"}}))
+	tb.SetAskers(map[netip.Addr]Asker{
+		netip.MustParseAddr("127.0.9.2"): {Overlays: []string{"back"}, External: true},
+		netip.MustParseAddr("127.0.4.6"): {Overlays: []string{"inner"}, External: true}, // also on an outside network
+	})
+	cases := []struct {
+		from, name string
+		rcode      int
+		want       []string
+	}{
+		{"127.0.9.2", "secret", dns.RcodeSuccess, []string{"127.0.2.10"}},
+		{"127.0.9.2", "mysql", dns.RcodeNameError, nil}, // front: not its overlay
+		{"127.0.9.2", "upstream.test", dns.RcodeSuccess, []string{"192.0.2.1"}},
+		{"127.0.9.3", "secret", dns.RcodeNameError, nil}, // unknown address: forwarded
+		{"127.0.4.5", "vault", dns.RcodeSuccess, []string{"127.0.4.10"}},
+		{"127.0.4.5", "upstream.test", dns.RcodeRefused, nil}, // internal only: not forwarded
+		{"127.0.4.6", "upstream.test", dns.RcodeSuccess, []string{"192.0.2.1"}},
+	}
+	for _, c := range cases {
+		r := ask(t, srv, c.from, "udp", c.name, dns.TypeA)
+		if r.Rcode != c.rcode || !slices.Equal(addrs(r), c.want) {
+			t.Errorf("A %s from %s: %s %v; want %s %v", c.name, c.from,
+				dns.RcodeToString[r.Rcode], addrs(r), dns.RcodeToString[c.rcode], c.want)
+		}
+	}
+}

@@ -20,17 +20,39 @@ import (
 	"github.com/vxbridge/vxbridge/cluster"
 )
 
-// Table holds the names of remote endpoints, per overlay.
+// Table holds the names of remote endpoints, per overlay, and the local
+// containers that may ask for them.
 type Table struct {
 	mu       sync.RWMutex
 	overlays []overlayNames
+	askers   map[netip.Addr]Asker
 }
 
 type overlayNames struct {
 	name             string
 	subnet4, subnet6 netip.Prefix
+	internal         bool
 	// addrs by lower-case name (container name or alias).
 	addrs map[string][]netip.Addr
+}
+
+// Asker is a local container on overlays, known by every address it has:
+// a query sent to the resolver's own address leaves through the
+// container's default route, which may be another network (Docker's
+// bridge, say), and then comes from that network's address.
+type Asker struct {
+	// Overlays are the names of the overlays the container is on.
+	Overlays []string
+	// External: the container is on a network that is not internal, so
+	// other names may be forwarded for it (as Docker's DNS does).
+	External bool
+}
+
+// SetAskers replaces the local containers known by address (Learner).
+func (t *Table) SetAskers(askers map[netip.Addr]Asker) {
+	t.mu.Lock()
+	t.askers = askers
+	t.mu.Unlock()
 }
 
 // Update replaces the table with the names other hosts than host advertise
@@ -39,7 +61,7 @@ func (t *Table) Update(host string, defs []cluster.Overlay, eps []cluster.Endpoi
 	byName := map[string]*overlayNames{}
 	ovs := make([]overlayNames, 0, len(defs))
 	for _, d := range defs {
-		ovs = append(ovs, overlayNames{name: d.Name, subnet4: d.Subnet4, subnet6: d.Subnet6, addrs: map[string][]netip.Addr{}})
+		ovs = append(ovs, overlayNames{name: d.Name, subnet4: d.Subnet4, subnet6: d.Subnet6, internal: d.Internal, addrs: map[string][]netip.Addr{}})
 	}
 	for i := range ovs {
 		byName[ovs[i].name] = &ovs[i]
@@ -70,16 +92,18 @@ func (t *Table) Update(host string, defs []cluster.Overlay, eps []cluster.Endpoi
 
 // Lookup returns the addresses of name (fully qualified, any case) for a
 // query from src: name is a container name or alias, alone or followed by
-// the overlay's name, of a remote endpoint on the overlay whose subnet
-// holds src. ok is false when the table does not know the name: it is
+// the overlay's name, of a remote endpoint on an overlay of the asker: the
+// overlay whose subnet holds src, or one the local container with address
+// src is on. ok is false when the table does not know the name: it is
 // someone else's to answer.
 func (t *Table) Lookup(src netip.Addr, name string) (addrs []netip.Addr, ok bool) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	src = src.Unmap()
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	asker := t.askers[src]
 	for _, o := range t.overlays {
-		if !o.subnet4.Contains(src) && !o.subnet6.Contains(src) {
+		if !o.subnet4.Contains(src) && !o.subnet6.Contains(src) && !slices.Contains(asker.Overlays, o.name) {
 			continue
 		}
 		short := strings.TrimSuffix(name, "."+strings.ToLower(o.name))
@@ -88,4 +112,24 @@ func (t *Table) Lookup(src netip.Addr, name string) (addrs []netip.Addr, ok bool
 		}
 	}
 	return nil, false
+}
+
+// Forwards reports whether other names than the table's are forwarded
+// upstream for a query from src. Not for a container on internal networks
+// only, as Docker's own DNS keeps such containers from resolving outside
+// names (Docker 25 and later); a container not known yet counts by its
+// address: one in an internal overlay's subnet is refused until known.
+func (t *Table) Forwards(src netip.Addr) bool {
+	src = src.Unmap()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if a, ok := t.askers[src]; ok {
+		return a.External
+	}
+	for _, o := range t.overlays {
+		if o.internal && (o.subnet4.Contains(src) || o.subnet6.Contains(src)) {
+			return false
+		}
+	}
+	return true
 }

@@ -23,6 +23,10 @@
 #     API: unix://$VXLAB_ROOT/h/docker.sock, cgroup parent vxlab-h.
 #   a Consul server (agent -server -bootstrap-expect 3), HTTP API on the host's
 #     127.0.0.1:8500 and underlay address, data in $VXLAB_ROOT/h/consul
+#   host c only: dockerd with the one-time per-host setting for cross-host
+#     names, `--dns 169.254.53.53 --dns <first nameserver of /etc/resolv.conf>`
+#     (the plugin's resolver, then the real upstream; see README, names), so
+#     the lab exercises both that and the zero-flag path of hosts a and b
 #   the test image vxbridge-test/busybox:latest (scripts/test-image.sh)
 #   the managed plugin vxbridge:latest (scripts/install-plugin.sh) with state in
 #     $VXLAB_ROOT/h/state and that host's docker socket; if config.json declares
@@ -87,6 +91,12 @@ underlay_up() {
 	done
 }
 
+# host_flags H: the dockerd flags of host H alone.
+host_flags() {
+	[ "$1" = c ] || return 0
+	echo "--dns 169.254.53.53 --dns $(awk '$1 == "nameserver" {print $2; exit}' /etc/resolv.conf)"
+}
+
 start_dockerd() {
 	local h=$1 d ns
 	d=$(hdir "$h") ns=$(netns "$h")
@@ -98,7 +108,7 @@ start_dockerd() {
 	mkdir -p /etc/docker /run/docker /run/containerd
 	# --propagation slave: the host's mounts reach the lab host, none of the
 	# lab host's (container netns files, overlays) reach the host.
-	# shellcheck disable=SC2086,SC2016 # the extra flags are a list; $0.. are sh's
+	# shellcheck disable=SC2046,SC2086,SC2016 # the extra flags are a list; $0.. are sh's
 	setsid nsenter --net="/run/netns/$ns" -- \
 		unshare --mount --uts --propagation slave -- /bin/sh -c '
 			set -e
@@ -110,7 +120,7 @@ start_dockerd() {
 			mount --bind "$d/run-containerd" /run/containerd
 			exec dockerd --data-root "$d/data" --exec-root "$d/exec" --pidfile "$d/docker.pid" \
 				-H "unix://$d/docker.sock" --cgroup-parent "$0" "$@"' \
-		"$ns" "$d" ${VXLAB_DOCKERD_FLAGS:-} \
+		"$ns" "$d" $(host_flags "$h") ${VXLAB_DOCKERD_FLAGS:-} \
 		>>"$root/logs/dockerd-$h.log" 2>&1 </dev/null &
 }
 
