@@ -28,7 +28,8 @@ type Node interface {
 }
 
 // Learner finds the names of this host's overlay endpoints' containers in
-// dockerd and advertises them. A remote driver never hears names, and
+// dockerd and advertises them, and gives the Table those containers'
+// addresses. A remote driver never hears names, and
 // dockerd waits on every driver call, so it asks afterwards: when dockerd
 // reports a container connected to a network (or renamed), and every
 // couple of seconds for endpoints still without names.

@@ -4,11 +4,14 @@
 // name to the container's upstream servers; on Docker 20.10 it sends that
 // query from the container's namespace, so it leaves through the
 // container's default route: a vxbridge bridge, where a DNAT brings it to
-// the Server here. The Server answers the names of remote endpoints on the
-// overlay the asking address belongs to, from a Table fed by the cluster's
-// watch, and forwards everything else to the host's real upstream servers.
-// The names themselves are learned from dockerd (Learner) and advertised
-// with each endpoint (cluster.Endpoint.Names).
+// the Server here. Where that does not happen (newer Docker, a default
+// route through another network, internal overlays), dockerd's `dns`
+// setting names the Server's own address. The Server answers the names of
+// remote endpoints on the overlays of the asker (by its address), from a
+// Table fed by the cluster's watch, and forwards everything else to the
+// host's real upstream servers. The names, and every address of the local
+// containers on overlays, are learned from dockerd (Learner); the names
+// are advertised with each endpoint (cluster.Endpoint.Names).
 package names
 
 import (

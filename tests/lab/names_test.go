@@ -23,7 +23,13 @@ import (
 // Docker's embedded DNS) and returns the addresses, or the output when
 // there are none.
 func (h host) lookup(c, name string, opts ...string) ([]string, string) {
-	out, _ := run(append(append([]string{"docker", "-H", h.dockerHost, "exec", c, "nslookup"}, opts...), name)...)
+	return h.nslookup(c, append(opts, name)...)
+}
+
+// nslookup runs busybox nslookup with args in container c on host h, and
+// returns the addresses as lookup does.
+func (h host) nslookup(c string, args ...string) ([]string, string) {
+	out, _ := run(append([]string{"docker", "-H", h.dockerHost, "exec", c, "nslookup"}, args...)...)
 	_, answer, ok := strings.Cut(out, "Name:")
 	if !ok {
 		return nil, out
@@ -288,4 +294,148 @@ func TestUpNamesPluginRestart(t *testing.T) {
 	restart(a)
 	took := waitUntil(t, 5*time.Second, "rsql resolving on A after A's plugin restarted", resolves)
 	t.Logf("A's plugin restarted: remote names resolved again %v after it was enabled", took)
+}
+
+// The one-time per-host setting, on host C (scripts/lab.sh starts its
+// dockerd with --dns 169.254.53.53 --dns <the lab's upstream>): containers
+// whose queries cannot be intercepted on an overlay bridge reach the
+// plugin's resolver at its own address.
+
+// startOn starts a container on host h, removed when the test ends, and
+// returns its address on network.
+func startOn(t *testing.T, h host, name, network string, args ...string) string {
+	t.Helper()
+	h.docker(t, slices.Concat([]string{"run", "-d", "--name", name, "--network", network}, args)...)
+	t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
+	return h.ipOf(t, name, network)
+}
+
+// A container on Docker's bridge, then connected to an overlay: its
+// queries leave through docker0, from its docker0 address.
+func TestUpNamesBridgedContainer(t *testing.T) {
+	needLab(t)
+	b, c := hosts[1], hosts[2]
+	const nw, other = "names5", "names6"
+	overlay(t, b, nw, "--subnet", "10.218.0.0/24")
+	overlay(t, b, other, "--subnet", "10.219.0.0/24")
+	waitUntil(t, 10*time.Second, "overlays on host C", func() bool { return c.hasNetwork(nw) && c.hasNetwork(other) })
+	ipMysql := startOn(t, b, "mysql5", nw, image, "sleep", "600")
+	startOn(t, b, "secret6", other, image, "sleep", "600")
+	askedFrom := serveUpstream(t, c, "upstream-probe.vxlab.test", "192.0.2.53")
+
+	ipBridge := startOn(t, c, "bridged", "bridge", image, "sleep", "600")
+	c.docker(t, "network", "connect", nw, "bridged")
+	waitUntil(t, 5*time.Second, "mysql5 resolving from a container on bridge + "+nw, func() bool {
+		got, _ := c.lookup("bridged", "mysql5")
+		return slices.Equal(got, []string{ipMysql})
+	})
+	if got, out := c.lookup("bridged", "mysql5."+nw); !slices.Equal(got, []string{ipMysql}) {
+		t.Errorf("from bridge + %s: mysql5.%s resolves to %v, want %s\n%s", nw, nw, got, ipMysql, out)
+	}
+	if !c.canPing("bridged", "mysql5") {
+		t.Errorf("from bridge + %s: ping mysql5 failed", nw)
+	}
+	// Never the names of an overlay it is not on.
+	for _, name := range []string{"secret6", "secret6." + other} {
+		if got, out := c.lookup("bridged", name); got != nil {
+			t.Errorf("from bridge + %s: %s resolves to %v\n%s", nw, name, got, out)
+		}
+	}
+	// Other names reach the lab's upstream, through the plugin (from the
+	// host's namespace, not from the container's address). Docker's DNS
+	// also asks the setting's second server itself after an answer that is
+	// not final (SERVFAIL, REFUSED, NXDOMAIN not authoritative): the
+	// upstream sees the container's address then.
+	if got, out := c.lookup("bridged", "upstream-probe.vxlab.test"); !slices.Equal(got, []string{"192.0.2.53"}) {
+		t.Errorf("from bridge + %s: a name only the upstream knows resolves to %v\n%s", nw, got, out)
+	}
+	if from := askedFrom(); !slices.ContainsFunc(from, func(a string) bool { return a != ipBridge }) {
+		t.Errorf("the upstream was asked from %v only; want through the plugin too", from)
+	}
+
+	// The plugin down: dockerd's DNS gets "connection refused" from the
+	// resolver's address and asks the next server of the setting at once.
+	startOn(t, c, "plain", "bridge", image, "sleep", "600")
+	c.docker(t, "plugin", "disable", "-f", driver)
+	t.Cleanup(func() { run("docker", "-H", c.dockerHost, "plugin", "enable", driver) })
+	begin := time.Now()
+	if got, out := c.lookup("plain", "upstream-probe.vxlab.test"); !slices.Equal(got, []string{"192.0.2.53"}) {
+		t.Errorf("plugin disabled: a container on bridge resolves an outside name to %v\n%s", got, out)
+	}
+	t.Logf("plugin disabled: an outside name resolved through the second server in %v", time.Since(begin))
+	c.docker(t, "plugin", "enable", driver)
+}
+
+// Internal overlays: no default route; the Join gives a route to the
+// resolver's address.
+func TestUpNamesInternalOverlay(t *testing.T) {
+	needLab(t)
+	b, c := hosts[1], hosts[2]
+	const inner, inner2 = "names7", "names8"
+	overlay(t, b, inner, "--internal", "--subnet", "10.220.0.0/24")
+	overlay(t, b, inner2, "--internal", "--subnet", "10.222.0.0/24")
+	waitUntil(t, 10*time.Second, "overlays on host C", func() bool { return c.hasNetwork(inner) && c.hasNetwork(inner2) })
+	ipVault := startOn(t, b, "vault7", inner, image, "sleep", "600")
+	ipKeys := startOn(t, b, "keys8", inner2, image, "sleep", "600")
+	askedFrom := serveUpstream(t, c, "upstream-probe.vxlab.test", "192.0.2.53")
+
+	startOn(t, c, "shut", inner, image, "sleep", "600")
+	waitUntil(t, 5*time.Second, "vault7 resolving from internal "+inner, func() bool {
+		got, _ := c.lookup("shut", "vault7")
+		return slices.Equal(got, []string{ipVault})
+	})
+	// A second internal overlay: the container has the route already
+	// (dockerd fails a Join giving it twice); both overlays' names resolve.
+	c.docker(t, "network", "connect", inner2, "shut")
+	waitUntil(t, 5*time.Second, "keys8 resolving from a container on two internal overlays", func() bool {
+		got, _ := c.lookup("shut", "keys8")
+		return slices.Equal(got, []string{ipKeys})
+	})
+	if got, out := c.lookup("shut", "vault7"); !slices.Equal(got, []string{ipVault}) {
+		t.Errorf("from %s + %s: vault7 resolves to %v, want %s\n%s", inner, inner2, got, ipVault, out)
+	}
+	// Outside names are not forwarded for a container on internal
+	// networks only (as newer Docker's own DNS does).
+	if got, out := c.lookup("shut", "upstream-probe.vxlab.test"); got != nil {
+		t.Errorf("from internal overlays only: an outside name resolves to %v\n%s", got, out)
+	}
+	if from := askedFrom(); len(from) != 0 {
+		t.Errorf("the upstream was asked (from %v) for a container on internal overlays only", from)
+	}
+	// Started on the second one: it gets the route too.
+	startOn(t, c, "shut2", inner2, image, "sleep", "600")
+	if got, out := c.lookup("shut2", "keys8"); !slices.Equal(got, []string{ipKeys}) {
+		t.Errorf("from internal %s: keys8 resolves to %v, want %s\n%s", inner2, got, ipKeys, out)
+	}
+}
+
+// IPv6: an overlay container asking an IPv6 server directly (a server
+// written in its resolv.conf, or nslookup's argument) is answered by the
+// plugin's resolver, A and AAAA of remote names, other names forwarded.
+func TestUpNamesIPv6(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const nw = "names9"
+	overlay(t, a, nw, "--ipv6", "--subnet", "10.221.0.0/24", "--subnet", "fd77:9::/64")
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
+	b.docker(t, "run", "-d", "--name", "mysql9", "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "rm", "-f", "mysql9") })
+	want := []string{b.ipOf(t, "mysql9", nw),
+		b.docker(t, "inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).GlobalIPv6Address}}`, nw), "mysql9")}
+	slices.Sort(want)
+	a.docker(t, "run", "-d", "--name", "cli9", "--network", nw, image, "sleep", "600")
+	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "cli9") })
+	const server = "2001:db8::53" // no such server: the bridge intercepts
+	// busybox nslookup asks A and AAAA.
+	waitUntil(t, 5*time.Second, "mysql9 resolving over IPv6", func() bool {
+		got, _ := a.nslookup("cli9", "mysql9", server)
+		return slices.Equal(got, want)
+	})
+	askedFrom := serveUpstream(t, a, "upstream-probe.vxlab.test", "192.0.2.53")
+	if got, out := a.nslookup("cli9", "upstream-probe.vxlab.test", server); !slices.Equal(got, []string{"192.0.2.53"}) {
+		t.Errorf("over IPv6: a name only the upstream knows resolves to %v\n%s", got, out)
+	}
+	if len(askedFrom()) == 0 {
+		t.Errorf("the upstream was never asked")
+	}
 }
