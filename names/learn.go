@@ -45,9 +45,13 @@ type Learner struct {
 	Table *Table
 
 	renamed atomic.Bool // a container was renamed: learn every name again
-	// moved: a container was connected to or disconnected from a network:
-	// find the askers again.
+	// moved: a container on an overlay was connected to or disconnected
+	// from another network: find the askers again. (A container joining
+	// or leaving an overlay changes the local endpoints.)
 	moved atomic.Bool
+	// onOverlays holds the IDs of the containers the askers were found
+	// for (map[string]bool, read by the events' goroutine).
+	onOverlays atomic.Pointer[map[string]bool]
 	// endpoints are the local endpoints the askers were found for (only
 	// Run's goroutine reads and writes it).
 	endpoints string
@@ -67,15 +71,17 @@ func (l *Learner) Run(ctx context.Context) {
 		}
 	}
 	go func() {
-		// Any network's connect and disconnect: a container's addresses on
-		// Docker's own networks count too (Asker).
+		// Any network's connect and disconnect: the addresses of a
+		// container on an overlay on Docker's own networks count too (Asker).
 		filters := map[string][]string{"type": {"network", "container"}, "event": {"connect", "disconnect", "rename"}}
 		for ctx.Err() == nil {
 			err := l.Docker.Events(ctx, filters, poke, func(e reconcile.Event) {
 				if e.Action == "rename" {
 					l.renamed.Store(true)
 				}
-				l.moved.Store(true)
+				if m := l.onOverlays.Load(); m != nil && (*m)[e.Actor.Attributes["container"]] {
+					l.moved.Store(true)
+				}
 				poke()
 			})
 			if ctx.Err() == nil {
@@ -202,7 +208,9 @@ func (l *Learner) learn(ctx context.Context) error {
 func (l *Learner) findAskers(ctx context.Context, overlays map[string]bool, networks map[string]reconcile.Network,
 	containers map[string]reconcile.Container) error {
 	askers := map[netip.Addr]Asker{}
-	for _, ct := range containers {
+	ids := make(map[string]bool, len(containers))
+	for id, ct := range containers {
+		ids[id] = true
 		var a Asker
 		var addrs []netip.Addr
 		for name, cn := range ct.NetworkSettings.Networks {
@@ -234,6 +242,7 @@ func (l *Learner) findAskers(ctx context.Context, overlays map[string]bool, netw
 		}
 	}
 	l.Table.SetAskers(askers)
+	l.onOverlays.Store(&ids)
 	return nil
 }
 
