@@ -316,8 +316,8 @@ func TestUpNamesBridgedContainer(t *testing.T) {
 	needLab(t)
 	b, c := hosts[1], hosts[2]
 	const nw, other = "names5", "names6"
-	overlay(t, b, nw, "--subnet", "10.218.0.0/24")
-	overlay(t, b, other, "--subnet", "10.219.0.0/24")
+	overlay(t, b, nw, "--subnet", "10.225.0.0/24")
+	overlay(t, b, other, "--subnet", "10.226.0.0/24")
 	waitUntil(t, 10*time.Second, "overlays on host C", func() bool { return c.hasNetwork(nw) && c.hasNetwork(other) })
 	ipMysql := startOn(t, b, "mysql5", nw, image, "sleep", "600")
 	startOn(t, b, "secret6", other, image, "sleep", "600")
@@ -372,8 +372,8 @@ func TestUpNamesInternalOverlay(t *testing.T) {
 	needLab(t)
 	b, c := hosts[1], hosts[2]
 	const inner, inner2 = "names7", "names8"
-	overlay(t, b, inner, "--internal", "--subnet", "10.220.0.0/24")
-	overlay(t, b, inner2, "--internal", "--subnet", "10.222.0.0/24")
+	overlay(t, b, inner, "--internal", "--subnet", "10.227.0.0/24")
+	overlay(t, b, inner2, "--internal", "--subnet", "10.228.0.0/24")
 	waitUntil(t, 10*time.Second, "overlays on host C", func() bool { return c.hasNetwork(inner) && c.hasNetwork(inner2) })
 	ipVault := startOn(t, b, "vault7", inner, image, "sleep", "600")
 	ipKeys := startOn(t, b, "keys8", inner2, image, "sleep", "600")
@@ -416,7 +416,7 @@ func TestUpNamesIPv6(t *testing.T) {
 	needLab(t)
 	a, b := hosts[0], hosts[1]
 	const nw = "names9"
-	overlay(t, a, nw, "--ipv6", "--subnet", "10.221.0.0/24", "--subnet", "fd77:9::/64")
+	overlay(t, a, nw, "--ipv6", "--subnet", "10.229.0.0/24", "--subnet", "fd77:9::/64")
 	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
 	b.docker(t, "run", "-d", "--name", "mysql9", "--network", nw, image, "sleep", "600")
 	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "rm", "-f", "mysql9") })
