@@ -10,15 +10,17 @@ import (
 	api "github.com/docker/go-plugins-helpers/network"
 )
 
+// testID is a valid 64-hex ID, distinct for each kind, i and j.
+func testID(kind byte, i, j int) string {
+	return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59)
+}
+
 // Requests arrive in parallel (docker rm -f a b c, many docker runs): the
 // driver must come out with exactly what was asked, and one bridge name
 // must never go to two networks.
 func TestConcurrentRequests(t *testing.T) {
 	inNewNetns(t, func() {
 		d := newTestDriver(t)
-		id := func(kind byte, i, j int) string {
-			return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59)
-		}
 		const nets, eps = 6, 4
 		var wg sync.WaitGroup
 		errs := make(chan error, nets*eps*4)
@@ -26,7 +28,7 @@ func TestConcurrentRequests(t *testing.T) {
 			wg.Add(1)
 			go inTestNetns(func() {
 				defer wg.Done()
-				nid := id('a', i, 0)
+				nid := testID('a', i, 0)
 				req := &api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 100+i)}}}
 				if err := d.CreateNetwork(req); err != nil {
 					errs <- err
@@ -37,10 +39,10 @@ func TestConcurrentRequests(t *testing.T) {
 					ew.Add(1)
 					go inTestNetns(func() {
 						defer ew.Done()
-						_, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: id('b', i, j),
+						_, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: testID('b', i, j),
 							Interface: &api.EndpointInterface{Address: fmt.Sprintf("10.%d.0.%d/24", 100+i, 2+j)}})
 						if err == nil {
-							_, err = d.Join(&api.JoinRequest{NetworkID: nid, EndpointID: id('b', i, j)})
+							_, err = d.Join(&api.JoinRequest{NetworkID: nid, EndpointID: testID('b', i, j)})
 						}
 						if err != nil {
 							errs <- err
@@ -56,7 +58,7 @@ func TestConcurrentRequests(t *testing.T) {
 			wg.Add(1)
 			go inTestNetns(func() {
 				defer wg.Done()
-				err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: id('c', k, 0),
+				err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: testID('c', k, 0),
 					Options:  map[string]interface{}{keyGeneric: map[string]interface{}{optBridgeName: "vxt-same"}},
 					IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 200+k)}}})
 				if err == nil {
@@ -114,9 +116,6 @@ func TestConcurrentRequests(t *testing.T) {
 func TestRepairDuringRequests(t *testing.T) {
 	inNewNetns(t, func() {
 		d := newTestDriver(t)
-		id := func(kind byte, i, j int) string {
-			return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59)
-		}
 		var stop atomic.Bool
 		passes := make(chan int)
 		go inTestNetns(func() {
@@ -136,13 +135,13 @@ func TestRepairDuringRequests(t *testing.T) {
 			wg.Add(1)
 			go inTestNetns(func() {
 				defer wg.Done()
-				nid := id('a', i, 0)
+				nid := testID('a', i, 0)
 				if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 100+i)}}}); err != nil {
 					t.Error(err)
 					return
 				}
 				for j := 0; j < eps; j++ {
-					eid := id('b', i, j)
+					eid := testID('b', i, j)
 					if _, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
 						Interface: &api.EndpointInterface{Address: fmt.Sprintf("10.%d.0.%d/24", 100+i, 2+j)}}); err != nil {
 						t.Error(err)

@@ -19,17 +19,14 @@ import (
 func BenchmarkCreateEndpointDuringRepair(b *testing.B) {
 	inNewNetns(b, func() {
 		d := newTestDriver(b)
-		id := func(kind byte, i, j int) string {
-			return fmt.Sprintf("%c%02d%02d", kind, i, j) + strings.Repeat("0", 59)
-		}
 		const nets, eps = 30, 4
 		for i := 0; i < nets; i++ {
-			nid := id('a', i, 0)
+			nid := testID('a', i, 0)
 			if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Gateway: fmt.Sprintf("10.%d.0.1/24", 100+i)}}}); err != nil {
 				b.Fatal(err)
 			}
 			for j := 0; j < eps; j++ {
-				eid := id('b', i, j)
+				eid := testID('b', i, j)
 				if _, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
 					Interface: &api.EndpointInterface{Address: fmt.Sprintf("10.%d.0.%d/24", 100+i, 2+j)}}); err != nil {
 					b.Fatal(err)
@@ -44,7 +41,7 @@ func BenchmarkCreateEndpointDuringRepair(b *testing.B) {
 		for _, repairing := range []bool{false, true} {
 			b.Run(map[bool]string{false: "idle", true: "repairing"}[repairing], func(b *testing.B) {
 				// Sub-benchmarks run on goroutines of their own.
-				inTestNetns(func() { measureCreateEndpoint(b, d, id('a', 0, 0), repairing) })
+				inTestNetns(func() { measureCreateEndpoint(b, d, testID('a', 0, 0), repairing) })
 			})
 		}
 	})

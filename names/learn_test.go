@@ -68,13 +68,7 @@ func container(name, network string, aliases ...string) reconcile.Container {
 func TestLearnerAdvertisesNamesAndAliases(t *testing.T) {
 	var n reconcile.Network
 	n.Name = "front"
-	n.Containers = map[string]struct {
-		Name        string
-		EndpointID  string
-		MacAddress  string
-		IPv4Address string
-		IPv6Address string
-	}{"c1": {EndpointID: "ep1"}, "c2": {EndpointID: "ep2"}}
+	n.Containers = map[string]reconcile.Attached{"c1": {EndpointID: "ep1"}, "c2": {EndpointID: "ep2"}}
 	d := &fakeDocker{
 		networks: map[string]reconcile.Network{"n1": n},
 		containers: map[string]reconcile.Container{
@@ -126,13 +120,7 @@ func TestLearnerAdvertisesNamesAndAliases(t *testing.T) {
 func TestLearnerFindsAskers(t *testing.T) {
 	var ov, br, inner reconcile.Network
 	ov.Name, br.Name, inner.Name, inner.Internal = "front", "bridge", "inner", true
-	ov.Containers = map[string]struct {
-		Name        string
-		EndpointID  string
-		MacAddress  string
-		IPv4Address string
-		IPv6Address string
-	}{"c1": {EndpointID: "ep1"}, "c2": {EndpointID: "ep2"}}
+	ov.Containers = map[string]reconcile.Attached{"c1": {EndpointID: "ep1"}, "c2": {EndpointID: "ep2"}}
 	c1 := container("both", "front")
 	c1.NetworkSettings.Networks = map[string]reconcile.ContainerNetwork{
 		"front":  {NetworkID: "n1", IPAddress: "10.0.1.2", GlobalIPv6Address: "fd00:1::2"},

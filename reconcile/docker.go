@@ -45,15 +45,18 @@ type Network struct {
 			AuxiliaryAddresses map[string]string
 		}
 	}
-	Containers map[string]struct {
-		Name        string
-		EndpointID  string
-		MacAddress  string
-		IPv4Address string
-		IPv6Address string
-	}
+	Containers map[string]Attached
 	// ours: the network's driver is this plugin.
 	ours bool
+}
+
+// Attached is a container's endpoint on a network, as the network shows it.
+type Attached struct {
+	Name        string
+	EndpointID  string
+	MacAddress  string
+	IPv4Address string
+	IPv6Address string
 }
 
 // Plugins returns the names (with tag, as networks show them) of the
