@@ -188,7 +188,7 @@ func TestOperatorCommands(t *testing.T) {
 			}
 		}
 		mustRun(t, "iptables", "-D", "VXBRIDGE-FORWARD", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", "vxbridge:"+br, "-j", "ACCEPT")
-		mustDoctorFail(t, "a FORWARD rule deleted", []string{c1, c2}, "forwarding, isolation and ICC rules")
+		mustDoctorFail(t, "a FORWARD rule deleted", []string{c1, c2}, "forwarding, isolation, ICC and conntrack rules")
 		if out, code := cli(t, "reconcile"); code != 0 {
 			t.Fatalf("vxbridge reconcile: exit %d\n%s", code, out)
 		}
