@@ -219,7 +219,7 @@ func (doc *doctor) network(n *Network, eps []*Endpoint, remote []cluster.Endpoin
 		doc.bridgeMTU(what, n, brLink)
 		doc.gateways(what, n, brLink)
 	}
-	doc.rules(what+": forwarding, isolation, ICC and conntrack rules", networkRules(n), n.Options.IPv6)
+	doc.rules(what+": forwarding, conntrack, isolation and ICC rules", networkRules(n), n.Options.IPv6)
 	for _, ep := range eps {
 		if len(ep.Ports) > 0 {
 			doc.rules(fmt.Sprintf("%s: published ports of %s (DNAT)", what, epName(ep)), endpointPortRules(n, ep), false)

@@ -227,7 +227,11 @@ func networkRules(n *Network) []rule {
 		icc = "DROP"
 	}
 	rs := []rule{
-		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), v4v6},
+		// ICC is decided in ISOLATION-1, the chain DOCKER-USER reaches: the
+		// traffic between neighbours is most of what crosses a bridge, and
+		// there it meets the fewest rules (none of Docker's chains, which
+		// only concern its own bridges).
+		{"filter", chainIsolation1, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), v4v6},
 		// Isolation: traffic leaving this bridge for another vxbridge
 		// bridge or one of Docker's is dropped in ISOLATION-2, traffic
 		// entering it from one of Docker's in ISOLATION-3.
@@ -327,18 +331,22 @@ func portRules(n *Network, ep *Endpoint, b PortBinding) []rule {
 }
 
 // legacyRules are rules an earlier version gave a network and this one
-// does not: an internal network's drops lived in VXBRIDGE-FORWARD. Repair
-// removes them, else the chains' counts never match and every pass
-// re-asserts everything.
+// does not: the ICC rule and an internal network's drops lived in
+// VXBRIDGE-FORWARD. Repair removes them, else the chains' counts never
+// match and every pass re-asserts everything.
 func legacyRules(n *Network) []rule {
-	if !n.Options.Internal {
-		return nil
-	}
 	br, t := n.Options.Bridge, tag(short(n.ID, 12))
-	return []rule{
-		{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), v4v6},
-		{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), v4v6},
+	rs := []rule{
+		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", "ACCEPT"}), v4v6},
+		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", "DROP"}), v4v6},
 	}
+	if !n.Options.Internal {
+		return rs
+	}
+	return append(rs,
+		rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), v4v6},
+		rule{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), v4v6},
+	)
 }
 
 // ruleSet is rules of one owner, with whether they apply to IPv6 too.

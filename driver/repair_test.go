@@ -70,7 +70,7 @@ func TestRepairRebuildsAndCleans(t *testing.T) {
 				t.Fatalf("orphan %s still exists", gone)
 			}
 		}
-		if ok, _ := d.fw.v4.Exists("filter", chainForward, networkRules(&Network{ID: nid, Options: netOptions{Bridge: bridge, ICC: true}})[0].spec...); !ok {
+		if ok, _ := d.fw.v4.Exists("filter", chainIsolation1, networkRules(&Network{ID: nid, Options: netOptions{Bridge: bridge, ICC: true}})[0].spec...); !ok {
 			t.Fatalf("ICC rule not re-asserted")
 		}
 		s, _ := d.State()
@@ -308,7 +308,7 @@ func TestRequestValidation(t *testing.T) {
 	})
 }
 
-// An internal network upgraded from a version that kept its drops in
+// An internal network upgraded from a version that kept its ICC rule and drops in
 // VXBRIDGE-FORWARD: one repair removes them, and the next finds the
 // chains intact.
 func TestRepairRemovesLegacyInternalRules(t *testing.T) {
