@@ -292,8 +292,10 @@ func TestRulesComeBackAfterFlushAndRestart(t *testing.T) {
 	// A firewall reload removes vxbridge's rules…
 	for _, c := range [][]string{
 		{"iptables", "-F", "VXBRIDGE-FORWARD"},
+		{"iptables", "-F", "VXBRIDGE-ISOLATION-1"}, // ICC
 		{"iptables", "-t", "nat", "-F", "VXBRIDGE-DNAT"},
 		{"iptables", "-t", "nat", "-F", "VXBRIDGE-POSTROUTING"},
+		{"iptables", "-t", "raw", "-F", "VXBRIDGE-NOTRACK"},
 	} {
 		if out, err := run(c...); err != nil {
 			t.Fatalf("%v: %v %s", c, err, out)
@@ -307,6 +309,9 @@ func TestRulesComeBackAfterFlushAndRestart(t *testing.T) {
 	mustGet(t, fromWorld, "another machine", hostIP, "18098", web)
 	mustPing(t, peer, web)
 	mustPing(t, peer, worldIP)
+	if out := mustRun(t, "iptables", "-t", "raw", "-S", "VXBRIDGE-NOTRACK"); !strings.Contains(out, "--notrack") {
+		t.Fatalf("NOTRACK rules not restored:\n%s", out)
+	}
 }
 
 // pluginPIDs finds the managed plugin's process: the one in this
