@@ -180,7 +180,7 @@ func (doc *doctor) fixedRules() {
 	for _, r := range fixed {
 		rs = append(rs, r.rule)
 	}
-	doc.rules("vxbridge's chains and jumps (FORWARD, DOCKER-USER, nat)", rs, true)
+	doc.rules("vxbridge's chains and jumps (FORWARD, DOCKER-USER, nat, raw)", rs, true)
 }
 
 // rules checks that every rule of rs is in place.
@@ -220,7 +220,7 @@ func (doc *doctor) network(n *Network, eps []*Endpoint, remote []cluster.Endpoin
 		doc.bridgeMTU(what, n, brLink)
 		doc.gateways(what, n, brLink)
 	}
-	doc.rules(what+": forwarding, isolation and ICC rules", networkRules(n), n.Options.IPv6)
+	doc.rules(what+": forwarding, conntrack, isolation and ICC rules", networkRules(n), n.Options.IPv6)
 	for _, ep := range eps {
 		if len(ep.Ports) > 0 {
 			doc.rules(fmt.Sprintf("%s: published ports of %s (DNAT)", what, epName(ep)), endpointPortRules(n, ep), false)

@@ -23,6 +23,7 @@ const (
 	chainPostrouting = "VXBRIDGE-POSTROUTING" // nat: masquerade
 	chainLoopback    = "VXBRIDGE-LOOPBACK"    // raw: what comes from our bridges for the host's 127.0.0.0/8: drop
 	chainDNS         = "VXBRIDGE-DNS"         // nat: overlay containers' DNS queries to the plugin's resolver
+	chainNotrack     = "VXBRIDGE-NOTRACK"     // raw: traffic between the neighbours of one bridge: not tracked
 	dockerUser       = "DOCKER-USER"
 )
 
@@ -32,13 +33,14 @@ type rule struct {
 	family       family
 }
 
-// family says which of a network's address families a rule applies to.
-type family int
+// family is the IP versions a rule applies to (IPv6 only on networks with
+// IPv6).
+type family uint8
 
 const (
-	anyFamily family = iota // IPv4, and IPv6 on networks with IPv6
-	v4Only                  // NAT and published ports are IPv4 only, as Docker's are
-	v6Only                  // the DNAT of DNS queries to the resolver's IPv6 address
+	v4v6   family = iota
+	v4only        // NAT and published ports are IPv4 only, as Docker's are
+	v6only        // the rule names IPv6 addresses
 )
 
 // place says where a fixed rule goes in its chain.
@@ -60,6 +62,7 @@ type fixedRule struct {
 var chains = []struct{ table, name string }{
 	{"filter", chainForward}, {"filter", chainIsolation1}, {"filter", chainIsolation2}, {"filter", chainIsolation3},
 	{"nat", chainDNAT}, {"nat", chainPostrouting}, {"raw", chainLoopback}, {"nat", chainDNS},
+	{"raw", chainNotrack},
 }
 
 // dockerBridges are the names of the bridges of Docker's own bridge driver
@@ -68,37 +71,40 @@ var chains = []struct{ table, name string }{
 var dockerBridges = []string{"docker0", "br-+"}
 
 var fixed = slices.Concat([]fixedRule{
-	{rule{"filter", "FORWARD", []string{"-j", chainForward}, anyFamily}, top},
-	{rule{"filter", chainForward, []string{"-j", chainIsolation1}, anyFamily}, top},
+	{rule{"filter", "FORWARD", []string{"-j", chainForward}, v4v6}, top},
+	{rule{"filter", chainForward, []string{"-j", chainIsolation1}, v4v6}, top},
 	// dockerd inserts its own FORWARD rules (which accept all traffic
 	// leaving its bridges) at the top whenever it starts or makes a
 	// network, so the isolation drops must also be reached from
 	// DOCKER-USER, which dockerd keeps first: Docker's documented place for
 	// rules that load before its own. They go last there, so rules a user
 	// inserts still win, as they do over Docker's own isolation.
-	{rule{"filter", dockerUser, []string{"-j", chainIsolation1}, anyFamily}, beforeEnd},
+	{rule{"filter", dockerUser, []string{"-j", chainIsolation1}, v4v6}, beforeEnd},
 	// Addresses of the host itself, from outside (PREROUTING) and from the
 	// host (OUTPUT, 127.0.0.1 included).
-	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, v4Only}, appended},
-	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, v4Only}, appended},
-	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, v4Only}, top},
+	{rule{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, v4only}, appended},
+	{rule{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", chainDNAT}, v4only}, appended},
+	{rule{"nat", "POSTROUTING", []string{"-j", chainPostrouting}, v4only}, top},
 	// A published port is public, as with Docker: a connection DNATed to
 	// it crosses isolation, both ways (conntrack marks both directions of
 	// a DNATed connection). Returning from ISOLATION-2 and -3 only, not
 	// from -1, leaves in force the drops -1 holds for internal networks.
-	{rule{"filter", chainIsolation2, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, anyFamily}, top},
-	{rule{"filter", chainIsolation3, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, anyFamily}, top},
-	// Packets as they arrive, before any NAT: see networkRules.
-	{rule{"raw", "PREROUTING", []string{"-j", chainLoopback}, v4Only}, top},
-	{rule{"nat", "PREROUTING", []string{"-j", chainDNS}, anyFamily}, top},
+	{rule{"filter", chainIsolation2, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, v4v6}, top},
+	{rule{"filter", chainIsolation3, []string{"-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"}, v4v6}, top},
+	// Packets as they arrive, before any NAT: see networkRules. (Both
+	// go on top, so the loopback jump, made second, comes first; the
+	// order does not matter: CT --notrack does not end the chain.)
+	{rule{"raw", "PREROUTING", []string{"-j", chainNotrack}, v4v6}, top},
+	{rule{"raw", "PREROUTING", []string{"-j", chainLoopback}, v4only}, top},
+	{rule{"nat", "PREROUTING", []string{"-j", chainDNS}, v4v6}, top},
 }, dockerIsolation())
 
 func dockerIsolation() []fixedRule {
 	var rs []fixedRule
 	for _, b := range dockerBridges {
 		rs = append(rs,
-			fixedRule{rule{"filter", chainIsolation2, []string{"-o", b, "-j", "DROP"}, anyFamily}, appended},
-			fixedRule{rule{"filter", chainIsolation3, []string{"-i", b, "-j", "DROP"}, anyFamily}, appended})
+			fixedRule{rule{"filter", chainIsolation2, []string{"-o", b, "-j", "DROP"}, v4v6}, appended},
+			fixedRule{rule{"filter", chainIsolation3, []string{"-i", b, "-j", "DROP"}, v4v6}, appended})
 	}
 	return rs
 }
@@ -121,17 +127,17 @@ func newFirewall() (*firewall, error) {
 	return &firewall{v4: v4, v6: v6}, nil
 }
 
-// tables returns the iptables of the families a rule applies to.
+// tables returns the iptables of the families a rule applies to, on a
+// network with IPv6 or without.
 func (f *firewall) tables(r rule, ipv6 bool) []*iptables.IPTables {
-	switch {
-	case r.family == v6Only && ipv6:
-		return []*iptables.IPTables{f.v6}
-	case r.family == v6Only:
-		return nil
-	case ipv6 && r.family == anyFamily:
-		return []*iptables.IPTables{f.v4, f.v6}
+	var ts []*iptables.IPTables
+	if r.family != v6only {
+		ts = append(ts, f.v4)
 	}
-	return []*iptables.IPTables{f.v4}
+	if ipv6 && r.family != v4only {
+		ts = append(ts, f.v6)
+	}
+	return ts
 }
 
 // setup makes vxbridge's chains (and DOCKER-USER, should dockerd not have
@@ -216,13 +222,17 @@ func networkRules(n *Network) []rule {
 		icc = "DROP"
 	}
 	rs := []rule{
-		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), anyFamily},
+		// ICC is decided in ISOLATION-1, the chain DOCKER-USER reaches: the
+		// traffic between neighbours is most of what crosses a bridge, and
+		// there it meets the fewest rules (none of Docker's chains, which
+		// only concern its own bridges).
+		{"filter", chainIsolation1, spec([]string{"-i", br, "-o", br}, t, []string{"-j", icc}), v4v6},
 		// Isolation: traffic leaving this bridge for another vxbridge
 		// bridge or one of Docker's is dropped in ISOLATION-2, traffic
 		// entering it from one of Docker's in ISOLATION-3.
-		{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", chainIsolation2}), anyFamily},
-		{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", chainIsolation3}), anyFamily},
-		{"filter", chainIsolation2, spec([]string{"-o", br}, t, []string{"-j", "DROP"}), anyFamily},
+		{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", chainIsolation2}), v4v6},
+		{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", chainIsolation3}), v4v6},
+		{"filter", chainIsolation2, spec([]string{"-o", br}, t, []string{"-j", "DROP"}), v4v6},
 		// The bridge has route_localnet (for ports published on
 		// 127.0.0.1), which would let a neighbour with a route to
 		// 127.0.0.1 through the gateway reach what the host serves on
@@ -232,23 +242,29 @@ func networkRules(n *Network) []rule {
 		// connections to 127.0.0.1 ports (addressed to the gateway until
 		// conntrack undoes the masquerade) pass. Internal networks get it
 		// too: route_localnet may also be set host-wide.
-		{"raw", chainLoopback, spec([]string{"-i", br, "-d", "127.0.0.0/8"}, t, []string{"-j", "DROP"}), v4Only},
+		{"raw", chainLoopback, spec([]string{"-i", br, "-d", "127.0.0.0/8"}, t, []string{"-j", "DROP"}), v4only},
+	}
+	if n.Gateway4.IsValid() {
+		rs = append(rs, notrackRules(br, t, n.Gateway4, v4only)...)
+	}
+	if n.Options.IPv6 && n.Gateway6.IsValid() {
+		rs = append(rs, notrackRules(br, t, n.Gateway6, v6only)...)
 	}
 	if n.Options.Internal {
 		// No way out and no way in, whatever else the host allows,
 		// published ports of other networks included: in ISOLATION-1,
 		// whose DNAT exemption (see fixed) does not apply to these.
 		return append(rs,
-			rule{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
-			rule{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
+			rule{"filter", chainIsolation1, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), v4v6},
+			rule{"filter", chainIsolation1, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), v4v6},
 		)
 	}
 	rs = append(rs,
-		rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "ACCEPT"}), anyFamily},
-		rule{"filter", chainForward, spec([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, t, []string{"-j", "ACCEPT"}), anyFamily},
+		rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "ACCEPT"}), v4v6},
+		rule{"filter", chainForward, spec([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, t, []string{"-j", "ACCEPT"}), v4v6},
 		// The host reaching a published port on 127.0.0.1: the container
 		// must see a source it can answer.
-		rule{"nat", chainPostrouting, spec([]string{"-o", br, "-m", "addrtype", "--src-type", "LOCAL"}, t, []string{"-j", "MASQUERADE"}), v4Only},
+		rule{"nat", chainPostrouting, spec([]string{"-o", br, "-m", "addrtype", "--src-type", "LOCAL"}, t, []string{"-j", "MASQUERADE"}), v4only},
 	)
 	if n.VNI != 0 {
 		// Docker's embedded DNS sends the names it does not know to the
@@ -261,19 +277,41 @@ func networkRules(n *Network) []rule {
 		for _, proto := range []string{"udp", "tcp"} {
 			match := spec([]string{"-i", br, "-p", proto, "--dport", "53"}, t)
 			rs = append(rs,
-				rule{"nat", chainDNS, spec(match, []string{"-j", "DNAT", "--to-destination", ResolverAddr}), v4Only},
-				rule{"nat", chainDNS, spec(match, []string{"-j", "DNAT", "--to-destination", v6}), v6Only})
+				rule{"nat", chainDNS, spec(match, []string{"-j", "DNAT", "--to-destination", ResolverAddr}), v4only},
+				rule{"nat", chainDNS, spec(match, []string{"-j", "DNAT", "--to-destination", v6}), v6only})
 		}
 	}
 	if n.Options.Masquerade && n.Gateway4.IsValid() {
-		rs = append(rs, rule{"nat", chainPostrouting, spec([]string{"-s", n.Gateway4.Masked().String(), "!", "-o", br}, t, []string{"-j", "MASQUERADE"}), v4Only})
+		rs = append(rs, rule{"nat", chainPostrouting, spec([]string{"-s", n.Gateway4.Masked().String(), "!", "-o", br}, t, []string{"-j", "MASQUERADE"}), v4only})
 	}
 	return rs
 }
 
+// notrackRules exempt the traffic between the neighbours of one bridge
+// (its veths and, on an overlay, its VXLAN port) from conntrack, on every
+// vxbridge network. That traffic is bridged, but br_netfilter (which
+// Docker needs) still sends each frame through conntrack, the host-wide
+// table of every connection; bypassing it is what makes an overlay as
+// fast as Docker's, whose bridges sit in their own namespaces. Nothing
+// that traffic meets needs a connection state: ICC is decided by
+// interface, and NAT only ever applies to what crosses the gateway. So:
+// to the subnet, not tracked; to the gateway itself (routed, perhaps
+// DNATed to a published port) tracked as before. Answers of a connection
+// DNATed to a neighbour are exempted per published port (portRules).
+// The exemptions (RETURN) go first in the chain: see rule.first.
+func notrackRules(br string, t []string, gw netip.Prefix, fam family) []rule {
+	return []rule{
+		{"raw", chainNotrack, spec([]string{"-i", br, "-d", gw.Addr().String()}, t, []string{"-j", "RETURN"}), fam},
+		{"raw", chainNotrack, spec([]string{"-i", br, "-d", gw.Masked().String()}, t, []string{"-j", "CT", "--notrack"}), fam},
+	}
+}
+
 // portRules is every rule one published port owns: DNAT to the container,
-// FORWARD accept into the bridge, and masquerade for hairpin traffic (a
-// container reaching its own published port through the host address).
+// FORWARD accept into the bridge, masquerade for hairpin traffic (a
+// container reaching its own published port through the host address),
+// and the container's answers kept tracked: a neighbour reaching the port
+// through a host address is DNATed to the container, which answers it
+// straight over the bridge, and only conntrack can undo the DNAT.
 func portRules(n *Network, ep *Endpoint, b PortBinding) []rule {
 	br := n.Options.Bridge
 	t := tag(short(n.ID, 12) + ":" + short(ep.ID, 12))
@@ -284,25 +322,30 @@ func portRules(n *Network, ep *Endpoint, b PortBinding) []rule {
 		dst = append(dst, "-d", b.HostIP.String())
 	}
 	return []rule{
-		{"nat", chainDNAT, spec(dst, []string{"--dport", fmt.Sprint(b.HostPort)}, t, []string{"-j", "DNAT", "--to-destination", cip + ":" + cport}), v4Only},
-		{"filter", chainForward, spec([]string{"-d", cip, "!", "-i", br, "-o", br, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "ACCEPT"}), v4Only},
-		{"nat", chainPostrouting, spec([]string{"-s", cip, "-d", cip, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "MASQUERADE"}), v4Only},
+		{"nat", chainDNAT, spec(dst, []string{"--dport", fmt.Sprint(b.HostPort)}, t, []string{"-j", "DNAT", "--to-destination", cip + ":" + cport}), v4only},
+		{"filter", chainForward, spec([]string{"-d", cip, "!", "-i", br, "-o", br, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "ACCEPT"}), v4only},
+		{"nat", chainPostrouting, spec([]string{"-s", cip, "-d", cip, "-p", b.Proto, "--dport", cport}, t, []string{"-j", "MASQUERADE"}), v4only},
+		{"raw", chainNotrack, spec([]string{"-i", br, "-s", cip, "-p", b.Proto, "--sport", cport}, t, []string{"-j", "RETURN"}), v4only},
 	}
 }
 
 // legacyRules are rules an earlier version gave a network and this one
-// does not: an internal network's drops lived in VXBRIDGE-FORWARD. Repair
-// removes them, else the chains' counts never match and every pass
-// re-asserts everything.
+// does not: the ICC rule and an internal network's drops lived in
+// VXBRIDGE-FORWARD. Repair removes them, else the chains' counts never
+// match and every pass re-asserts everything.
 func legacyRules(n *Network) []rule {
-	if !n.Options.Internal {
-		return nil
-	}
 	br, t := n.Options.Bridge, tag(short(n.ID, 12))
-	return []rule{
-		{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
-		{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), anyFamily},
+	rs := []rule{
+		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", "ACCEPT"}), v4v6},
+		{"filter", chainForward, spec([]string{"-i", br, "-o", br}, t, []string{"-j", "DROP"}), v4v6},
 	}
+	if !n.Options.Internal {
+		return rs
+	}
+	return append(rs,
+		rule{"filter", chainForward, spec([]string{"-i", br, "!", "-o", br}, t, []string{"-j", "DROP"}), v4v6},
+		rule{"filter", chainForward, spec([]string{"!", "-i", br, "-o", br}, t, []string{"-j", "DROP"}), v4v6},
+	)
 }
 
 // ruleSet is rules of one owner, with whether they apply to IPv6 too.
@@ -372,7 +415,11 @@ func (f *firewall) intact(l listing, want []ruleSet, tags map[string]bool) bool 
 func (f *firewall) ensure(rs []rule, ipv6 bool) error {
 	for _, r := range rs {
 		for _, t := range f.tables(r, ipv6) {
-			if err := t.AppendUnique(r.table, r.chain, r.spec...); err != nil {
+			add := t.AppendUnique
+			if r.first() {
+				add = func(table, chain string, spec ...string) error { return t.InsertUnique(table, chain, 1, spec...) }
+			}
+			if err := add(r.table, r.chain, r.spec...); err != nil {
 				return fmt.Errorf("add rule to %s: %w", r.chain, err)
 			}
 		}
@@ -395,6 +442,13 @@ func (f *firewall) missing(rs []rule, ipv6 bool) ([]rule, error) {
 		}
 	}
 	return out, nil
+}
+
+// first reports whether r goes at the top of its chain rather than the
+// end: in VXBRIDGE-NOTRACK the exemptions (RETURN) come before every
+// CT --notrack rule, whatever order networks, ports and repairs add them in.
+func (r rule) first() bool {
+	return r.chain == chainNotrack && r.spec[len(r.spec)-1] == "RETURN"
 }
 
 func (r rule) String() string {

@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	api "github.com/docker/go-plugins-helpers/network"
 )
@@ -116,10 +117,18 @@ func (d *Driver) unpublish(ep *Endpoint) error {
 	return nil
 }
 
+// endpointPortRules is every rule of the endpoint's published ports, each
+// once: two host ports for one container port share the rules that name
+// only the container's side, and Repair's count of the chains' rules
+// must match the kernel's (where a rule is never in twice).
 func endpointPortRules(n *Network, ep *Endpoint) []rule {
 	var rs []rule
 	for _, b := range ep.Ports {
-		rs = append(rs, portRules(n, ep, b)...)
+		for _, r := range portRules(n, ep, b) {
+			if !slices.ContainsFunc(rs, func(x rule) bool { return x.chain == r.chain && slices.Equal(x.spec, r.spec) }) {
+				rs = append(rs, r)
+			}
+		}
 	}
 	return rs
 }

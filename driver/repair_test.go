@@ -70,7 +70,7 @@ func TestRepairRebuildsAndCleans(t *testing.T) {
 				t.Fatalf("orphan %s still exists", gone)
 			}
 		}
-		if ok, _ := d.fw.v4.Exists("filter", chainForward, networkRules(&Network{ID: nid, Options: netOptions{Bridge: bridge, ICC: true}})[0].spec...); !ok {
+		if ok, _ := d.fw.v4.Exists("filter", chainIsolation1, networkRules(&Network{ID: nid, Options: netOptions{Bridge: bridge, ICC: true}})[0].spec...); !ok {
 			t.Fatalf("ICC rule not re-asserted")
 		}
 		s, _ := d.State()
@@ -308,7 +308,7 @@ func TestRequestValidation(t *testing.T) {
 	})
 }
 
-// An internal network upgraded from a version that kept its drops in
+// An internal network upgraded from a version that kept its ICC rule and drops in
 // VXBRIDGE-FORWARD: one repair removes them, and the next finds the
 // chains intact.
 func TestRepairRemovesLegacyInternalRules(t *testing.T) {
@@ -336,6 +336,35 @@ func TestRepairRemovesLegacyInternalRules(t *testing.T) {
 		}
 		if rep, err := d.Repair(&Claims{}); err != nil || rep.RulesRestored {
 			t.Fatalf("second repair still re-asserts rules: %+v, %v", rep, err)
+		}
+	})
+}
+
+// Two host ports for one container port share the rules that name only the
+// container's side: Repair counts them once, as the kernel holds them, so
+// a second pass finds nothing to restore.
+func TestRepairCountsSharedPortRulesOnce(t *testing.T) {
+	inNewNetns(t, func() {
+		lo, _ := netlink.LinkByName("lo")
+		if err := netlink.LinkSetUp(lo); err != nil {
+			t.Fatal(err)
+		}
+		d := newTestDriver(t)
+		nid, eid := strings.Repeat("7", 64), strings.Repeat("8", 64)
+		if err := d.CreateNetwork(&api.CreateNetworkRequest{NetworkID: nid, IPv4Data: []*api.IPAMData{{Pool: "10.9.0.0/24", Gateway: "10.9.0.1/24"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.CreateEndpoint(&api.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Interface: &api.EndpointInterface{Address: "10.9.0.2/24"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ProgramExternalConnectivity(&api.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid,
+			Options: portmapOptions(t, `[{"Proto":6,"Port":80,"HostPort":18080},{"Proto":6,"Port":80,"HostIP":"127.0.0.1","HostPort":18081}]`)}); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if rep, err := d.Repair(nil); err != nil || rep.RulesRestored {
+				t.Fatalf("repair %d: %+v, %v; want nothing restored", i, rep, err)
+			}
 		}
 	})
 }

@@ -208,8 +208,8 @@ func TestOperatorCommands(t *testing.T) {
 				bridge = n.Options.Bridge
 			}
 		}
-		mustRun(t, "iptables", "-D", "VXBRIDGE-FORWARD", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", "vxbridge:"+br, "-j", "ACCEPT")
-		mustDoctorFail(t, "a FORWARD rule deleted", []string{c1, c2}, "forwarding, isolation and ICC rules")
+		mustRun(t, "iptables", "-D", "VXBRIDGE-ISOLATION-1", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", "vxbridge:"+br, "-j", "ACCEPT")
+		mustDoctorFail(t, "a FORWARD rule deleted", []string{c1, c2}, "forwarding, conntrack, isolation and ICC rules")
 		if out, code := cli(t, "reconcile"); code != 0 {
 			t.Fatalf("vxbridge reconcile: exit %d\n%s", code, out)
 		}

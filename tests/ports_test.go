@@ -5,6 +5,7 @@ package tests
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -63,7 +64,7 @@ func udpAsk(where func(...string) (string, error), bin, addr string) string {
 
 func TestPublishedPortsEveryKind(t *testing.T) {
 	world(t)
-	n, _ := network(t, "-d", driverName, name(t, "pub"))
+	n, id := network(t, "-d", driverName, name(t, "pub"))
 	web := server(t, name(t, "web"), "--network", n,
 		"-p", "18080:80", "-p", "127.0.0.1:18081:80", "-p", "18053:53/udp", "-p", "19000-19001:9000-9001")
 	// Docker's own bridge publishing beside ours keeps working.
@@ -90,6 +91,21 @@ func TestPublishedPortsEveryKind(t *testing.T) {
 
 	mustGet(t, fromWorld, "another machine", hostIP, "18095", own)
 
+	// A neighbour through the host's address: DNATed at the gateway, the
+	// answers come straight back over the bridge and must still be
+	// un-DNATed (they are exempt from the bridge's NOTRACK), TCP and UDP.
+	nb := server(t, name(t, "nb"), "--network", n)
+	mustGet(t, inContainer(nb), "a neighbour", hostIP, "18080", web)
+	if got := udpAsk(inContainer(nb), "/udpecho", hostIP+":18053"); got != "echo:ping" {
+		t.Fatalf("UDP %s:18053 from a neighbour: got %q", hostIP, got)
+	}
+	// Direct traffic between neighbours is not tracked.
+	before := notracked(t, id)
+	mustGet(t, inContainer(nb), "a neighbour", ipOf(t, web, n).String(), "80", web)
+	if after := notracked(t, id); after <= before {
+		t.Fatalf("neighbour traffic did not pass the network's NOTRACK rule (packets %d, then %d)", before, after)
+	}
+
 	// Users see the mapping with `vxbridge ports`.
 	out, err := run(vxbridgeBin, "ports")
 	if err != nil {
@@ -103,6 +119,24 @@ func TestPublishedPortsEveryKind(t *testing.T) {
 	if !strings.Contains(out, web) {
 		t.Fatalf("vxbridge ports does not name container %s:\n%s", web, out)
 	}
+}
+
+// notracked is the packet count of network id's IPv4 CT --notrack rule.
+func notracked(t *testing.T, id string) int {
+	t.Helper()
+	out := mustRun(t, "iptables", "-t", "raw", "-S", "VXBRIDGE-NOTRACK", "-v")
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if i := slices.Index(f, "-c"); i > 0 && strings.Contains(l, "vxbridge:"+id[:12]) && strings.HasSuffix(l, "--notrack") {
+			n, err := strconv.Atoi(f[i+1])
+			if err != nil {
+				t.Fatalf("counter in %q: %v", l, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no NOTRACK rule for network %s:\n%s", id[:12], out)
+	return 0
 }
 
 func TestPublishAllChoosesEphemeralPorts(t *testing.T) {
@@ -258,8 +292,10 @@ func TestRulesComeBackAfterFlushAndRestart(t *testing.T) {
 	// A firewall reload removes vxbridge's rules…
 	for _, c := range [][]string{
 		{"iptables", "-F", "VXBRIDGE-FORWARD"},
+		{"iptables", "-F", "VXBRIDGE-ISOLATION-1"}, // ICC
 		{"iptables", "-t", "nat", "-F", "VXBRIDGE-DNAT"},
 		{"iptables", "-t", "nat", "-F", "VXBRIDGE-POSTROUTING"},
+		{"iptables", "-t", "raw", "-F", "VXBRIDGE-NOTRACK"},
 	} {
 		if out, err := run(c...); err != nil {
 			t.Fatalf("%v: %v %s", c, err, out)
@@ -273,6 +309,9 @@ func TestRulesComeBackAfterFlushAndRestart(t *testing.T) {
 	mustGet(t, fromWorld, "another machine", hostIP, "18098", web)
 	mustPing(t, peer, web)
 	mustPing(t, peer, worldIP)
+	if out := mustRun(t, "iptables", "-t", "raw", "-S", "VXBRIDGE-NOTRACK"); !strings.Contains(out, "--notrack") {
+		t.Fatalf("NOTRACK rules not restored:\n%s", out)
+	}
 }
 
 // pluginPIDs finds the managed plugin's process: the one in this
