@@ -311,6 +311,7 @@ func (d *Driver) CreateEndpoint(req *api.CreateEndpointRequest) (*api.CreateEndp
 		remove(d.store, endpointKey(n.ID, ep.ID))
 		return nil, err
 	}
+	d.syncPorts(n)
 	d.log.Debug("endpoint created", "network", short(n.ID, 12), "endpoint", short(ep.ID, 12), "veth", ep.HostIf, "addr", ep.Addr4, "addr6", ep.Addr6, "mac", ep.MAC)
 	return res, nil
 }
@@ -388,7 +389,8 @@ func (d *Driver) teardownEndpoint(ep *Endpoint) error {
 	if err := d.unpublish(ep); err != nil {
 		return err
 	}
-	if n, err := load[Network](d.store, networkKey(ep.NetworkID)); err == nil && n.VNI != 0 && d.cluster != nil {
+	n, err := load[Network](d.store, networkKey(ep.NetworkID))
+	if err == nil && n.VNI != 0 && d.cluster != nil {
 		// Its key also goes with this host's session, should this fail.
 		if err := d.cluster.Withdraw(n.Options.Overlay, ep.ID); err != nil {
 			d.log.Warn("withdraw overlay endpoint", "endpoint", short(ep.ID, 12), "err", err)
@@ -399,6 +401,9 @@ func (d *Driver) teardownEndpoint(ep *Endpoint) error {
 	}
 	if err := remove(d.store, endpointKey(ep.NetworkID, ep.ID)); err != nil {
 		return err
+	}
+	if n != nil {
+		d.syncPorts(n)
 	}
 	d.log.Debug("endpoint deleted", "network", short(ep.NetworkID, 12), "endpoint", short(ep.ID, 12))
 	return nil

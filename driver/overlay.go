@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -39,6 +40,7 @@ type Datapath interface {
 	EnsureDevice(context.Context, overlay.Device) error
 	DeleteDevice(context.Context, uint32) error
 	Status(context.Context, uint32) (overlay.Status, error)
+	SetPorts(context.Context, uint32, []overlay.Local) error
 }
 
 // PoolBinder is the plugin's IPAM: a pool bound to an overlay hands out
@@ -119,7 +121,40 @@ func (d *Driver) ensureDevice(n *Network) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()
-	return d.datapath.EnsureDevice(ctx, overlay.Device{VNI: n.VNI, Local: d.cluster.VTEP(), MTU: n.Options.MTU, Bridge: n.Options.Bridge})
+	if err := d.datapath.EnsureDevice(ctx, overlay.Device{VNI: n.VNI, Local: d.cluster.VTEP(), MTU: n.Options.MTU, Bridge: n.Options.Bridge}); err != nil {
+		return err
+	}
+	d.syncPorts(n)
+	return nil
+}
+
+// syncPorts gives the datapath the network's endpoints for its fast path
+// (overlay/fastpath.go), none when ICC is off: the fast path skips the
+// bridge's FORWARD rules, ICC's drop among them. It is only ever an
+// optimisation (a frame no filter takes crosses the bridge), so a failure
+// is logged, never fatal to a request; the next change or Repair retries.
+func (d *Driver) syncPorts(n *Network) {
+	if n.VNI == 0 || d.datapath == nil {
+		return
+	}
+	var ports []overlay.Local
+	if n.Options.ICC {
+		eps, err := loadAll[Endpoint](d.store, endpointKeys+n.ID+"/")
+		if err != nil {
+			d.log.Warn("overlay fast path", "network", short(n.ID, 12), "err", err)
+			return
+		}
+		for _, ep := range eps {
+			if m, err := net.ParseMAC(ep.MAC); err == nil {
+				ports = append(ports, overlay.Local{MAC: m, Link: ep.HostIf})
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
+	defer cancel()
+	if err := d.datapath.SetPorts(ctx, n.VNI, ports); err != nil {
+		d.log.Warn("overlay fast path", "network", short(n.ID, 12), "err", err)
+	}
 }
 
 func (d *Driver) deleteDevice(n *Network) error {

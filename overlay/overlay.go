@@ -39,7 +39,10 @@ type Overlay struct {
 	quit chan struct{}
 	done chan struct{}
 	tab  table // used by the loop goroutine only
-	seen Observer
+	// ports are the local endpoints of each VNI, for the fast path (loop
+	// goroutine only).
+	ports map[uint32][]Local
+	seen  Observer
 }
 
 // Observer hears, once per remote endpoint (incarnation), when its
@@ -59,7 +62,7 @@ func New(log *slog.Logger, seen Observer) *Overlay {
 // newOverlay programs through h, so tests can aim an Overlay at a
 // namespace of theirs.
 func newOverlay(h *netlink.Handle, log *slog.Logger, seen Observer) *Overlay {
-	o := &Overlay{nl: h, log: log, seen: seen, ops: make(chan func()), quit: make(chan struct{}), done: make(chan struct{})}
+	o := &Overlay{nl: h, log: log, seen: seen, ports: map[uint32][]Local{}, ops: make(chan func()), quit: make(chan struct{}), done: make(chan struct{})}
 	go o.loop()
 	return o
 }
@@ -134,6 +137,7 @@ func (o *Overlay) DeleteDevice(ctx context.Context, vni uint32) error {
 	}
 	return o.do(ctx, func() error {
 		o.tab.forget(vni)
+		delete(o.ports, vni)
 		return deleteDevice(o.nl, vni)
 	})
 }
@@ -174,6 +178,31 @@ func (o *Overlay) Remove(ctx context.Context, vni uint32, p Peer) error {
 	return o.do(ctx, func() error {
 		o.tab.remove(vni, q[0])
 		return o.program(vni, q[0].entries())
+	})
+}
+
+// SetPorts makes ports the whole set of vni's local endpoints that take
+// the fast path (see fastpath.go), and programs their filters.
+func (o *Overlay) SetPorts(ctx context.Context, vni uint32, ports []Local) error {
+	if err := checkVNI(vni); err != nil {
+		return err
+	}
+	for _, p := range ports {
+		if len(p.MAC) != 6 || p.Link == "" {
+			return fmt.Errorf("VNI %d: port %q: MAC %q is not an Ethernet address", vni, p.Link, p.MAC)
+		}
+	}
+	ports = slices.Clone(ports)
+	return o.do(ctx, func() error {
+		old := o.ports[vni]
+		o.ports[vni] = ports
+		if err := o.program(vni, nil); err != nil {
+			return err
+		}
+		if err := o.dropPorts(old, ports); err != nil {
+			o.log.Warn("overlay fast path", "vni", vni, "err", err)
+		}
+		return nil
 	})
 }
 
@@ -231,6 +260,11 @@ func (o *Overlay) program(vni uint32, gone []entry) error {
 		o.log.Debug("programmed peers", "device", dev.Name, "added", len(add), "deleted", len(del))
 	}
 	o.observe(vni, local(dev), add)
+	// The fast path only ever speeds traffic up (see fastpath.go): its
+	// failure (a kernel without u32 or mirred) leaves the bridge path.
+	if err := o.fastPath(vni, dev); err != nil {
+		o.log.Warn("overlay fast path off: traffic takes the bridge", "device", dev.Name, "err", err)
+	}
 	return nil
 }
 

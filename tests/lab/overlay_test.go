@@ -291,3 +291,62 @@ func TestUpOverlayIsAFullNetwork(t *testing.T) {
 		t.Error("a container of an internal overlay reaches another host's address")
 	}
 }
+
+// hostVeth is the host end of container c's eth0 on host h.
+func (h host) hostVeth(t *testing.T, c string) string {
+	t.Helper()
+	idx := h.docker(t, "exec", c, "cat", "/sys/class/net/eth0/iflink")
+	out, err := run("ip", "netns", "exec", h.netns, "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.SplitN(l, ": ", 3); len(f) == 3 && f[0] == idx {
+			name, _, _ := strings.Cut(f[1], "@")
+			return name
+		}
+	}
+	t.Fatalf("host %s: no link %s (eth0 of %s)", h.name, idx, c)
+	return ""
+}
+
+// Between hosts, an overlay's traffic skips the bridges (the fast path):
+// with the container's veth taken off its bridge on A, A and B still
+// talk. With ICC off there is no fast path, and ICC's drop holds across
+// hosts.
+func TestUpOverlayFastPath(t *testing.T) {
+	needLab(t)
+	a, b := hosts[0], hosts[1]
+	const fast, noicc = "ovfast", "ovnoicc"
+	overlay(t, a, fast, "--subnet", "10.230.0.0/24")
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(fast) })
+	a.container(t, "fasta", fast)
+	ipB := b.container(t, "fastb", fast)
+	if !a.canPing("fasta", ipB) {
+		t.Fatal("A does not reach B on the overlay")
+	}
+	veth := a.hostVeth(t, "fasta")
+	if _, err := run("ip", "netns", "exec", a.netns, "ip", "link", "set", veth, "nomaster"); err != nil {
+		t.Fatal(err)
+	}
+	if !a.canPing("fasta", ipB) {
+		t.Error("with its veth off the bridge, the container on A does not reach B: traffic takes the bridge")
+	}
+	if out, _ := run("ip", "netns", "exec", a.netns, "ip", "-d", "link", "show", veth); strings.Contains(out, " master ") {
+		t.Fatalf("veth %s went back on a bridge meanwhile (a Repair?): the ping proves nothing\n%s", veth, out)
+	}
+	// The veth goes with the endpoint: nothing is left off a bridge.
+	a.docker(t, "network", "disconnect", "-f", fast, "fasta")
+
+	overlay(t, a, noicc, "--subnet", "10.231.0.0/24", "-o", "com.docker.network.bridge.enable_icc=false")
+	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(noicc) })
+	a.container(t, "icca", noicc)
+	ipB = b.container(t, "iccb", noicc)
+	if a.canPing("icca", ipB) {
+		t.Error("ICC is off, yet the container on A reaches the one on B")
+	}
+	out, _ := run("ip", "netns", "exec", a.netns, "tc", "filter", "show", "dev", a.hostVeth(t, "icca"), "ingress")
+	if strings.Contains(out, "mirred") {
+		t.Errorf("ICC is off, yet a fast-path filter is on the container's veth:\n%s", out)
+	}
+}

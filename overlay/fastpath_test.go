@@ -1,0 +1,91 @@
+package overlay
+
+import (
+	"context"
+	"fmt"
+	"testing"
+)
+
+// The fast path carries traffic between the two containers without their
+// bridges: with each container's veth taken off its bridge, pings still
+// go both ways, and stop once the fast path is withdrawn.
+func TestFastPathSkipsTheBridge(t *testing.T) {
+	h1, h2 := twoHosts(t)
+	ctx := context.Background()
+	hosts := []*testHost{h1, h2}
+	for i, h := range hosts {
+		if err := h.ov.EnsureDevice(ctx, h.device()); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.ov.Add(ctx, testVNI, hosts[1-i].peer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	veth := func(i int) string { return fmt.Sprintf("vc%d", i+2) } // addContainer's names
+	setPorts := func(on bool) {
+		t.Helper()
+		for i, h := range hosts {
+			var ls []Local
+			if on {
+				ls = []Local{{MAC: h.peer.MAC, Link: veth(i)}}
+			}
+			if err := h.ov.SetPorts(ctx, testVNI, ls); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	setPorts(true)
+	setPorts(true) // a second run changes nothing
+	for i, h := range hosts {
+		dev, port := mustLink(t, h.nl, testDev), mustLink(t, h.nl, veth(i))
+		out, err := redirects(h.nl, port.Attrs().Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (redirect{dst: mac(hosts[1-i].peer.MAC), to: dev.Attrs().Index}); len(out) != 1 || out[0] != want {
+			t.Fatalf("host %d: filters on %s: %v, want %v", i+1, veth(i), out, want)
+		}
+		in, err := redirects(h.nl, dev.Attrs().Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (redirect{dst: mac(h.peer.MAC), to: port.Attrs().Index}); len(in) != 1 || in[0] != want {
+			t.Fatalf("host %d: filters on %s: %v, want %v", i+1, testDev, in, want)
+		}
+	}
+	// Through the bridges first: the ARP (broadcast) is answered there.
+	mustPing(t, h1.ctr, h2.peer.IPv4)
+	mustPing(t, h2.ctr, h1.peer.IPv4)
+	for i, h := range hosts {
+		if err := h.nl.LinkSetNoMaster(mustLink(t, h.nl, veth(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPing(t, h1.ctr, h2.peer.IPv4)
+	mustPing(t, h2.ctr, h1.peer.IPv4)
+
+	setPorts(false)
+	for i, h := range hosts {
+		for _, name := range []string{veth(i), testDev} {
+			if got, err := redirects(h.nl, mustLink(t, h.nl, name).Attrs().Index); err != nil || len(got) != 0 {
+				t.Fatalf("host %d: filters on %s after the ports went: %v %v", i+1, name, got, err)
+			}
+		}
+	}
+	mustNotPing(t, h1.ctr, h2.peer.IPv4)
+
+	// Back on their bridges, with the fast path: a peer removed takes its
+	// filter with it.
+	for i, h := range hosts {
+		if err := h.nl.LinkSetMaster(mustLink(t, h.nl, veth(i)), mustLink(t, h.nl, "br0")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setPorts(true)
+	if err := h1.ov.Remove(ctx, testVNI, h2.peer); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := redirects(h1.nl, mustLink(t, h1.nl, veth(0)).Attrs().Index); len(got) != 0 {
+		t.Fatalf("filters on %s after its peer went: %v", veth(0), got)
+	}
+}
