@@ -94,36 +94,32 @@ func (o *Overlay) dropPorts(old, now []Local) error {
 }
 
 // setRedirects makes want the ingress filters of the link with index idx
-// (a clsact qdisc is added if it has none). Filters are replaced as a
-// whole when they differ: meanwhile frames take the bridge.
+// (a clsact qdisc is added if it has none), adding and deleting only what
+// differs: a new peer costs one filter per local container, not a rewrite.
 func setRedirects(h *netlink.Handle, idx int, want []redirect) error {
 	have, err := redirects(h, idx)
 	if err != nil {
 		return err
 	}
-	cmp := func(a, b redirect) int {
-		if c := slices.Compare(a.dst[:], b.dst[:]); c != 0 {
-			return c
+	for r, handle := range have {
+		if slices.Contains(want, r) {
+			continue
 		}
-		return a.to - b.to
-	}
-	slices.SortFunc(want, cmp)
-	slices.SortFunc(have, cmp)
-	if slices.Equal(want, have) {
-		return nil
-	}
-	if len(have) > 0 {
-		if err := h.FilterDel(&netlink.U32{FilterAttrs: ingressAttrs(idx)}); err != nil {
-			return fmt.Errorf("delete tc filters: %w", err)
+		attrs := ingressAttrs(idx)
+		attrs.Handle = handle
+		if err := h.FilterDel(&netlink.U32{FilterAttrs: attrs}); err != nil {
+			return fmt.Errorf("delete tc filter for %s: %w", r.dst, err)
 		}
 	}
-	if len(want) == 0 {
-		return nil
-	}
-	if err := h.QdiscAdd(clsact(idx)); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add clsact qdisc: %w", err)
+	if len(want) > 0 && len(have) == 0 {
+		if err := h.QdiscAdd(clsact(idx)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add clsact qdisc: %w", err)
+		}
 	}
 	for _, r := range want {
+		if _, ok := have[r]; ok {
+			continue
+		}
 		if err := h.FilterAdd(redirectFilter(idx, r)); err != nil {
 			return fmt.Errorf("add tc filter for %s: %w", r.dst, err)
 		}
@@ -132,8 +128,8 @@ func setRedirects(h *netlink.Handle, idx int, want []redirect) error {
 }
 
 // redirects lists the link's ingress redirects, as redirectFilter makes
-// them.
-func redirects(h *netlink.Handle, idx int) ([]redirect, error) {
+// them, with their filter handles.
+func redirects(h *netlink.Handle, idx int) (map[redirect]uint32, error) {
 	link, err := h.LinkByIndex(idx)
 	if err != nil {
 		return nil, fmt.Errorf("link %d: %w", idx, err)
@@ -142,7 +138,7 @@ func redirects(h *netlink.Handle, idx int) ([]redirect, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list tc filters of %s: %w", link.Attrs().Name, err)
 	}
-	var out []redirect
+	out := map[redirect]uint32{}
 	for _, f := range fs {
 		u, ok := f.(*netlink.U32)
 		if !ok || u.Sel == nil || len(u.Sel.Keys) != 2 || len(u.Actions) != 1 {
@@ -156,7 +152,7 @@ func redirects(h *netlink.Handle, idx int) ([]redirect, error) {
 		hi, lo := u.Sel.Keys[0].Val, u.Sel.Keys[1].Val
 		m[0], m[1] = byte(hi>>8), byte(hi)
 		m[2], m[3], m[4], m[5] = byte(lo>>24), byte(lo>>16), byte(lo>>8), byte(lo)
-		out = append(out, redirect{dst: m, to: a.Ifindex})
+		out[redirect{dst: m, to: a.Ifindex}] = u.Handle
 	}
 	return out, nil
 }

@@ -42,14 +42,14 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := (redirect{dst: mac(hosts[1-i].peer.MAC), to: dev.Attrs().Index}); len(out) != 1 || out[0] != want {
+		if want := (redirect{dst: mac(hosts[1-i].peer.MAC), to: dev.Attrs().Index}); len(out) != 1 || out[want] == 0 {
 			t.Fatalf("host %d: filters on %s: %v, want %v", i+1, veth(i), out, want)
 		}
 		in, err := redirects(h.nl, dev.Attrs().Index)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := (redirect{dst: mac(h.peer.MAC), to: port.Attrs().Index}); len(in) != 1 || in[0] != want {
+		if want := (redirect{dst: mac(h.peer.MAC), to: port.Attrs().Index}); len(in) != 1 || in[want] == 0 {
 			t.Fatalf("host %d: filters on %s: %v, want %v", i+1, testDev, in, want)
 		}
 	}
@@ -82,6 +82,25 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 		}
 	}
 	setPorts(true)
+	// A new peer adds its filter and leaves the others as they are.
+	port := mustLink(t, h1.nl, veth(0)).Attrs().Index
+	before, _ := redirects(h1.nl, port)
+	third := testPeer(9, "192.0.2.9")
+	if err := h1.ov.Add(ctx, testVNI, third); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := redirects(h1.nl, port)
+	for r, handle := range before {
+		if after[r] != handle {
+			t.Fatalf("filter %v rewritten for another peer: handle %x, now %x", r, handle, after[r])
+		}
+	}
+	if len(after) != 2 || after[redirect{dst: mac(third.MAC), to: mustLink(t, h1.nl, testDev).Attrs().Index}] == 0 {
+		t.Fatalf("filters after a third peer: %v", after)
+	}
+	if err := h1.ov.Remove(ctx, testVNI, third); err != nil {
+		t.Fatal(err)
+	}
 	if err := h1.ov.Remove(ctx, testVNI, h2.peer); err != nil {
 		t.Fatal(err)
 	}
