@@ -194,7 +194,7 @@ func (n *Node) register(ctx context.Context) error {
 	// A resumed session's endpoints are still in place: they keep when
 	// they were advertised. Under a new session they are put anew, now.
 	was := map[string]Endpoint{}
-	for _, ep := range decodeEndpoints(known) {
+	for _, ep := range decodeAll[Endpoint](known) {
 		if ep.Host == n.cfg.Host {
 			was[ep.ID] = ep
 		}
@@ -491,25 +491,37 @@ func (n *Node) Lookup(name string) (Overlay, error) {
 	return o, nil
 }
 
+// record is what the cluster keeps under one prefix, ordered by its key.
+type record interface {
+	Overlay | Endpoint | Host
+	key() string
+}
+
+func (o Overlay) key() string   { return o.Name }
+func (ep Endpoint) key() string { return ep.ID }
+func (h Host) key() string      { return h.Name }
+
+// decodeAll decodes the values of kv (one prefix's keys), leaving out what
+// does not decode, ordered by key.
+func decodeAll[T record](kv map[string][]byte) []T {
+	var out []T
+	for _, b := range kv {
+		var v T
+		if json.Unmarshal(b, &v) == nil {
+			out = append(out, v)
+		}
+	}
+	slices.SortFunc(out, func(a, b T) int { return strings.Compare(a.key(), b.key()) })
+	return out
+}
+
 // Overlays returns every definition.
 func (n *Node) Overlays() ([]Overlay, error) {
 	kv, err := n.cfg.Store.List(overlaysKey)
 	if err != nil {
 		return nil, fmt.Errorf("list overlays: %w", err)
 	}
-	return decodeOverlays(kv), nil
-}
-
-func decodeOverlays(kv map[string][]byte) []Overlay {
-	var out []Overlay
-	for _, b := range kv {
-		var o Overlay
-		if json.Unmarshal(b, &o) == nil {
-			out = append(out, o)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	return decodeAll[Overlay](kv), nil
 }
 
 // Undefine removes an overlay everywhere, refusing while another host
@@ -558,19 +570,7 @@ func (n *Node) Endpoints(overlay string) ([]Endpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list endpoints: %w", err)
 	}
-	return decodeEndpoints(kv), nil
-}
-
-func decodeEndpoints(kv map[string][]byte) []Endpoint {
-	var out []Endpoint
-	for _, b := range kv {
-		var ep Endpoint
-		if json.Unmarshal(b, &ep) == nil {
-			out = append(out, ep)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+	return decodeAll[Endpoint](kv), nil
 }
 
 // Hosts returns the live members.
@@ -579,19 +579,7 @@ func (n *Node) Hosts() ([]Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
-	return decodeHosts(kv), nil
-}
-
-func decodeHosts(kv map[string][]byte) []Host {
-	var out []Host
-	for _, b := range kv {
-		var h Host
-		if json.Unmarshal(b, &h) == nil {
-			out = append(out, h)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	return decodeAll[Host](kv), nil
 }
 
 // Watch calls apply with the current definitions and endpoints, then again
@@ -647,7 +635,7 @@ func (n *Node) Watch(ctx context.Context, apply func([]Overlay, []Endpoint)) {
 			mu.Unlock()
 			continue // the prefix still unread signals when it is read
 		}
-		os, eps, hs := decodeOverlays(overlays), decodeEndpoints(endpoints), decodeHosts(hosts)
+		os, eps, hs := decodeAll[Overlay](overlays), decodeAll[Endpoint](endpoints), decodeAll[Host](hosts)
 		mu.Unlock()
 		alive = n.peersChanged(alive, hs)
 		apply(os, eps)
