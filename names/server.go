@@ -42,14 +42,9 @@ func Upstreams(resolvConf string) ([]string, error) {
 // Serve listens on addr (UDP and TCP) and answers until Close.
 func Serve(addr netip.AddrPort, table *Table, upstreams []string, log *slog.Logger) (*Server, error) {
 	s := &Server{table: table, upstreams: upstreams, log: log}
-	pc, err := net.ListenPacket("udp", addr.String())
+	pc, l, err := listen(addr)
 	if err != nil {
-		return nil, fmt.Errorf("name server on udp %s: %w", addr, err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String()) // the same port, when addr's is 0
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("name server on tcp %s: %w", addr, err)
+		return nil, err
 	}
 	s.udp = &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(s.handle)}
 	s.tcp = &dns.Server{Listener: l, Handler: dns.HandlerFunc(s.handle)}
@@ -61,6 +56,25 @@ func Serve(addr netip.AddrPort, table *Table, upstreams []string, log *slog.Logg
 		}()
 	}
 	return s, nil
+}
+
+// listen opens UDP and TCP on one address. For port 0 the kernel picks
+// the UDP port, which TCP may already use: another is tried then.
+func listen(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
+	for tries := 0; ; tries++ {
+		pc, err := net.ListenPacket("udp", addr.String())
+		if err != nil {
+			return nil, nil, fmt.Errorf("name server on udp %s: %w", addr, err)
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, l, nil
+		}
+		pc.Close()
+		if addr.Port() != 0 || tries == 20 {
+			return nil, nil, fmt.Errorf("name server on tcp %s: %w", pc.LocalAddr(), err)
+		}
+	}
 }
 
 // Addr is the address the server listens on.
