@@ -21,7 +21,7 @@ import (
 // local store (kept across "restarts" when dir is reused).
 func node(t *testing.T, addr, host, dir string) *Node {
 	t.Helper()
-	cs, err := consul.Open(consul.Options{Address: addr, Prefix: "vxbridge-" + strings.ReplaceAll(t.Name(), "/", "-") + "/"})
+	cs, err := consul.Open(consul.Options{Address: addr, Prefix: consultest.Prefix(t, "vxbridge")})
 	if err != nil {
 		t.Fatal(err)
 	}

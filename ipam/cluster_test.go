@@ -25,7 +25,7 @@ func TestMain(m *testing.M) { consultest.Main(m) }
 // clusterOn opens the cluster store of one test (its own key prefix).
 func clusterOn(t *testing.T, agent *consultest.Agent, timeout time.Duration) store.Store {
 	t.Helper()
-	s, err := consul.Open(consul.Options{Address: agent.Addr, Prefix: "ipam-test/" + t.Name(), Timeout: timeout})
+	s, err := consul.Open(consul.Options{Address: agent.Addr, Prefix: consultest.Prefix(t, "ipam-test"), Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ func TestMain(m *testing.M) { consultest.Main(m) }
 // open returns a Store on a for one test, under its own prefix.
 func open(t *testing.T, a *consultest.Agent, prefix string) *Store {
 	t.Helper()
-	s, err := Open(Options{Address: a.Addr, Prefix: prefix})
+	s, err := Open(Options{Address: a.Addr, Prefix: consultest.Prefix(t, prefix)})
 	if err != nil {
 		t.Fatal(err)
 	}

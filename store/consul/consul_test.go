@@ -22,7 +22,7 @@ import (
 func TestConformance(t *testing.T) {
 	a := consultest.Shared(t)
 	storetest.Run(t, func(t *testing.T) store.Store {
-		return open(t, a, "conformance/"+t.Name())
+		return open(t, a, "conformance")
 	})
 }
 

@@ -15,7 +15,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -99,6 +101,19 @@ func Shared(t testing.TB) *Agent {
 	return shared.a
 }
 
+var (
+	runs    atomic.Int64
+	runOfTB sync.Map // testing.TB → its run number
+)
+
+// Prefix is a key prefix of base for this run of test t alone, the same on
+// every call within it: the shared agent outlives a run, so
+// `go test -count=N` must not find the keys of the run before.
+func Prefix(t testing.TB, base string) string {
+	n, _ := runOfTB.LoadOrStore(t, runs.Add(1))
+	return fmt.Sprintf("%s/%s-%d/", strings.TrimSuffix(base, "/"), strings.ReplaceAll(t.Name(), "/", "-"), n)
+}
+
 // Main runs the tests, then stops the shared agent: call it from TestMain.
 func Main(m *testing.M) {
 	code := m.Run()
@@ -131,8 +146,8 @@ func startOn(bin string, extra []string) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), out: &syncBuffer{}, done: make(chan struct{})}
-	args := []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
-		"-node=vxbridge-test-" + strconv.Itoa(ports[0]),
+	node := "vxbridge-test-" + strconv.Itoa(ports[0])
+	args := []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn", "-node=" + node,
 		"-http-port=" + strconv.Itoa(ports[0]), "-serf-lan-port=" + strconv.Itoa(ports[1]),
 		"-serf-wan-port=" + strconv.Itoa(ports[2]), "-server-port=" + strconv.Itoa(ports[3]),
 		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1"}
@@ -145,14 +160,17 @@ func startOn(bin string, extra []string) (*Agent, error) {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	go func() { a.cmd.Wait(); close(a.done) }()
-	if err := a.waitLeader(30 * time.Second); err != nil {
+	if err := a.waitReady(node, 30*time.Second); err != nil {
 		a.Stop()
 		return nil, fmt.Errorf("consul agent: %w\n%s", err, a.out.String())
 	}
 	return a, nil
 }
 
-func (a *Agent) waitLeader(limit time.Duration) error {
+// waitReady waits for a leader and for the agent's own node in the
+// catalog: before that, creating a session fails ("Missing node
+// registration").
+func (a *Agent) waitReady(node string, limit time.Duration) error {
 	c := http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
@@ -161,16 +179,25 @@ func (a *Agent) waitLeader(limit time.Duration) error {
 			return fmt.Errorf("exited: %v", a.cmd.ProcessState)
 		default:
 		}
-		if resp, err := c.Get("http://" + a.Addr + "/v1/status/leader"); err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == 200 && len(bytes.Trim(bytes.TrimSpace(body), `"`)) > 0 {
-				return nil
-			}
+		if a.answers(&c, "/v1/status/leader") && a.answers(&c, "/v1/catalog/node/"+node) {
+			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("no leader after %s", limit)
+	return fmt.Errorf("no leader or no node %s after %s", node, limit)
+}
+
+// answers reports whether GET path gives 200 with a body other than
+// empty, "" or null.
+func (a *Agent) answers(c *http.Client, path string) bool {
+	resp, err := c.Get("http://" + a.Addr + path)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	body = bytes.Trim(bytes.TrimSpace(body), `"`)
+	return resp.StatusCode == 200 && len(body) > 0 && string(body) != "null"
 }
 
 // Stop kills the agent (as a crash would) and waits for it. Calling it
