@@ -284,7 +284,7 @@ func TestUnavailableTimeout(t *testing.T) {
 // read); the right token works.
 func TestACLRefused(t *testing.T) {
 	const root = "9f5a3a53-4bd4-4a2d-a7e0-1f1a6e0a7a11"
-	a := consultest.Start(t, `-hcl=acl { enabled = true, default_policy = "deny", tokens { initial_management = "`+root+`" } }`)
+	a := consultest.StartACL(t, root)
 	for _, token := range []string{"", "0b9f5c1e-1111-2222-3333-444455556666"} {
 		t.Setenv("CONSUL_HTTP_TOKEN", token)
 		s, err := Open(Options{Address: a.Addr})

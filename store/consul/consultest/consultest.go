@@ -62,12 +62,18 @@ type Agent struct {
 	done chan struct{}
 }
 
-// Start starts an agent for one test, with extra arguments (-hcl=…), waits
-// for it to have a leader and stops it when the test ends. Tests that stop
-// it themselves (Stop) or need other settings use it; others use Shared.
-func Start(t testing.TB, extra ...string) *Agent {
+// Start starts an agent for one test, waits for it to be ready and stops
+// it when the test ends. Tests that stop it themselves (Stop) use it;
+// others use Shared.
+func Start(t testing.TB) *Agent { return startFor(t, "") }
+
+// StartACL is Start with ACLs on, denying by default, and root as the
+// initial management token.
+func StartACL(t testing.TB, root string) *Agent { return startFor(t, root) }
+
+func startFor(t testing.TB, root string) *Agent {
 	t.Helper()
-	a, err := start(extra...)
+	a, err := start(root)
 	if errors.Is(err, errNoConsul) {
 		t.Skip(HowToRun)
 	}
@@ -91,7 +97,7 @@ var shared struct {
 // different key prefixes. The package's TestMain must call Main.
 func Shared(t testing.TB) *Agent {
 	t.Helper()
-	shared.once.Do(func() { shared.a, shared.err = start() })
+	shared.once.Do(func() { shared.a, shared.err = start("") })
 	if errors.Is(shared.err, errNoConsul) {
 		t.Skip(HowToRun)
 	}
@@ -123,7 +129,7 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-func start(extra ...string) (*Agent, error) {
+func start(root string) (*Agent, error) {
 	bin := Binary()
 	if bin == "" {
 		return nil, errNoConsul
@@ -133,14 +139,14 @@ func start(extra ...string) (*Agent, error) {
 	var err error
 	for range 3 {
 		var a *Agent
-		if a, err = startOn(bin, extra); err == nil {
+		if a, err = startOn(bin, root); err == nil {
 			return a, nil
 		}
 	}
 	return nil, err
 }
 
-func startOn(bin string, extra []string) (*Agent, error) {
+func startOn(bin, root string) (*Agent, error) {
 	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
@@ -151,7 +157,10 @@ func startOn(bin string, extra []string) (*Agent, error) {
 		"-http-port=" + strconv.Itoa(ports[0]), "-serf-lan-port=" + strconv.Itoa(ports[1]),
 		"-serf-wan-port=" + strconv.Itoa(ports[2]), "-server-port=" + strconv.Itoa(ports[3]),
 		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1"}
-	a.cmd = exec.Command(bin, append(args, extra...)...)
+	if root != "" {
+		args = append(args, `-hcl=acl { enabled = true, default_policy = "deny", tokens { initial_management = "`+root+`" } }`)
+	}
+	a.cmd = exec.Command(bin, args...)
 	a.cmd.Env = append(os.Environ(), "CHECKPOINT_DISABLE=1")
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	// The agent must not outlive a killed test binary.
@@ -160,7 +169,7 @@ func startOn(bin string, extra []string) (*Agent, error) {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	go func() { a.cmd.Wait(); close(a.done) }()
-	if err := a.waitReady(node, 30*time.Second); err != nil {
+	if err := a.waitReady(node, root, 30*time.Second); err != nil {
 		a.Stop()
 		return nil, fmt.Errorf("consul agent: %w\n%s", err, a.out.String())
 	}
@@ -170,7 +179,7 @@ func startOn(bin string, extra []string) (*Agent, error) {
 // waitReady waits for a leader and for the agent's own node in the
 // catalog: before that, creating a session fails ("Missing node
 // registration").
-func (a *Agent) waitReady(node string, limit time.Duration) error {
+func (a *Agent) waitReady(node, token string, limit time.Duration) error {
 	c := http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
@@ -179,7 +188,7 @@ func (a *Agent) waitReady(node string, limit time.Duration) error {
 			return fmt.Errorf("exited: %v", a.cmd.ProcessState)
 		default:
 		}
-		if a.answers(&c, "/v1/status/leader") && a.answers(&c, "/v1/catalog/node/"+node) {
+		if a.answers(&c, "/v1/status/leader", "") && a.answers(&c, "/v1/catalog/node/"+node, token) {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -187,10 +196,17 @@ func (a *Agent) waitReady(node string, limit time.Duration) error {
 	return fmt.Errorf("no leader or no node %s after %s", node, limit)
 }
 
-// answers reports whether GET path gives 200 with a body other than
-// empty, "" or null.
-func (a *Agent) answers(c *http.Client, path string) bool {
-	resp, err := c.Get("http://" + a.Addr + path)
+// answers reports whether GET path (with token, if any) gives 200 with a
+// body other than empty, "" or null.
+func (a *Agent) answers(c *http.Client, path, token string) bool {
+	req, err := http.NewRequest("GET", "http://"+a.Addr+path, nil)
+	if err != nil {
+		return false
+	}
+	if token != "" {
+		req.Header.Set("X-Consul-Token", token)
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return false
 	}
