@@ -337,6 +337,7 @@ func (doc *doctor) tunnel(what string, n *Network, br netlink.Link, remote []clu
 			mine = append(mine, ep)
 		}
 	}
+	doc.fastPath(what, st)
 	if all {
 		doc.entries(what+": FDB and neighbour entries for every remote container", st.Missing, st.Stale)
 		return
@@ -366,6 +367,27 @@ func (doc *doctor) entries(name string, missing, stale []overlay.Entry) {
 		why = append(why, fmt.Sprintf("%d stale (e.g. %s)", len(stale), stale[0]))
 	}
 	doc.add(name, len(why) == 0, strings.Join(why, ", ")+"; fix: restart the plugin (docker plugin disable -f vxbridge:latest; docker plugin enable vxbridge:latest): it programs every entry anew, containers keep running")
+}
+
+// fastPath checks the tc filters that take tunnel traffic past the bridge
+// (overlay/fastpath.go). One left behind sends frames astray; one missing
+// only slows traffic, and none are wanted when this kernel cannot have
+// them.
+func (doc *doctor) fastPath(what string, st overlay.Status) {
+	name := what + ": fast-path filters (tc) on its veths and VXLAN device"
+	missing := st.FastMissing
+	if st.FastOff != "" {
+		name += fmt.Sprintf(" (fast path off: %s; traffic takes the bridge)", st.FastOff)
+		missing = nil
+	}
+	var why []string
+	if len(st.FastStale) > 0 {
+		why = append(why, fmt.Sprintf("%d stale (e.g. %s): frames for that MAC go astray", len(st.FastStale), st.FastStale[0]))
+	}
+	if len(missing) > 0 {
+		why = append(why, fmt.Sprintf("%d missing (e.g. %s): that traffic takes the bridge, slower", len(missing), missing[0]))
+	}
+	doc.add(name, len(why) == 0, strings.Join(why, ", ")+"; fix: vxbridge reconcile (it sets them anew)")
 }
 
 func (doc *doctor) consul() {

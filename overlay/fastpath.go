@@ -3,6 +3,7 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 
@@ -40,37 +41,113 @@ type redirect struct {
 	to  int
 }
 
-// fastPath brings the filters of vni's ports and device (dev) in line with
-// the peers the table holds.
-func (o *Overlay) fastPath(vni uint32, dev *netlink.Vxlan) error {
+// Redirect is a fast-path filter as Status reports it: frames arriving on
+// Link for MAC go out of To.
+type Redirect struct {
+	Link string
+	MAC  net.HardwareAddr
+	To   string
+}
+
+func (r Redirect) String() string {
+	return fmt.Sprintf("tc filter on %s: frames for %s to %s", r.Link, r.MAC, r.To)
+}
+
+// filterSet is the filters one link should have.
+type filterSet struct {
+	idx  int
+	name string
+	want []redirect
+}
+
+// wantedFilters is what the fast path of vni's ports and device (dev)
+// should be, given the peers the table holds: the ports first, the
+// device last.
+func (o *Overlay) wantedFilters(vni uint32, dev *netlink.Vxlan) ([]filterSet, error) {
 	remote := []mac{}
 	for _, p := range o.tab.peers(vni) {
 		if p.vtep != local(dev) {
 			remote = append(remote, p.mac)
 		}
 	}
-	var in []redirect
+	var sets []filterSet
+	in := filterSet{idx: dev.Index, name: dev.Name}
 	for _, p := range o.ports[vni] {
 		link, err := o.nl.LinkByName(p.Link)
 		if kernel.LinkNotFound(err) {
 			continue // the endpoint is going: its filters go with its veth
 		}
 		if err != nil {
-			return fmt.Errorf("fast path: %w", err)
+			return nil, fmt.Errorf("fast path: %w", err)
 		}
-		out := make([]redirect, 0, len(remote))
+		out := filterSet{idx: link.Attrs().Index, name: p.Link}
 		for _, m := range remote {
-			out = append(out, redirect{dst: m, to: dev.Index})
+			out.want = append(out.want, redirect{dst: m, to: dev.Index})
 		}
-		if err := setRedirects(o.nl, link.Attrs().Index, out); err != nil {
-			return fmt.Errorf("fast path on %s: %w", p.Link, err)
-		}
-		in = append(in, redirect{dst: mac(p.MAC), to: link.Attrs().Index})
+		sets = append(sets, out)
+		in.want = append(in.want, redirect{dst: mac(p.MAC), to: out.idx})
 	}
-	if err := setRedirects(o.nl, dev.Index, in); err != nil {
-		return fmt.Errorf("fast path on %s: %w", dev.Name, err)
+	return append(sets, in), nil
+}
+
+// fastPath brings the filters of vni's ports and device (dev) in line with
+// the peers the table holds.
+func (o *Overlay) fastPath(vni uint32, dev *netlink.Vxlan) error {
+	sets, err := o.wantedFilters(vni, dev)
+	if err != nil {
+		return err
+	}
+	for _, set := range sets {
+		if err := setRedirects(o.nl, set.idx, set.want); err != nil {
+			return fmt.Errorf("fast path on %s: %w", set.name, err)
+		}
 	}
 	return nil
+}
+
+// checkFastPath lists the filters of vni's fast path that are wanted but
+// absent (traffic takes the bridge, slower) and those present but not
+// wanted (frames for that MAC go astray).
+func (o *Overlay) checkFastPath(vni uint32, dev *netlink.Vxlan) (missing, stale []Redirect, err error) {
+	sets, err := o.wantedFilters(vni, dev)
+	if err != nil {
+		return nil, nil, err
+	}
+	names := map[int]string{}
+	for _, set := range sets {
+		names[set.idx] = set.name
+	}
+	report := func(set filterSet, r redirect) Redirect {
+		to := names[r.to]
+		if to == "" {
+			to = fmt.Sprintf("link %d", r.to)
+		}
+		return Redirect{Link: set.name, MAC: net.HardwareAddr(r.dst[:]), To: to}
+	}
+	for _, set := range sets {
+		have, err := redirects(o.nl, set.idx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("fast path on %s: %w", set.name, err)
+		}
+		for _, r := range set.want {
+			if _, ok := have[r]; !ok {
+				missing = append(missing, report(set, r))
+			}
+		}
+		for _, r := range slices.SortedFunc(maps.Keys(have), compareRedirects) {
+			if !slices.Contains(set.want, r) {
+				stale = append(stale, report(set, r))
+			}
+		}
+	}
+	return missing, stale, nil
+}
+
+func compareRedirects(a, b redirect) int {
+	if c := slices.Compare(a.dst[:], b.dst[:]); c != 0 {
+		return c
+	}
+	return a.to - b.to
 }
 
 // dropPorts clears the filters of the ports in old that are not in now.

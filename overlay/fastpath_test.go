@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 )
 
 // The fast path carries traffic between the two containers without their
@@ -106,5 +108,59 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 	}
 	if got, _ := redirects(h1.nl, mustLink(t, h1.nl, veth(0)).Attrs().Index); len(got) != 0 {
 		t.Fatalf("filters on %s after its peer went: %v", veth(0), got)
+	}
+}
+
+// Status names a filter that sends frames astray and one that is missing;
+// setting the ports again (what a Repair does) mends both.
+func TestFastPathStatus(t *testing.T) {
+	h1, h2 := twoHosts(t)
+	ctx := context.Background()
+	if err := h1.ov.EnsureDevice(ctx, h1.device()); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.ov.Add(ctx, testVNI, h2.peer); err != nil {
+		t.Fatal(err)
+	}
+	ports := []Local{{MAC: h1.peer.MAC, Link: "vc2"}}
+	if err := h1.ov.SetPorts(ctx, testVNI, ports); err != nil {
+		t.Fatal(err)
+	}
+	status := func() Status {
+		t.Helper()
+		st, err := h1.ov.Status(ctx, testVNI)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if st := status(); len(st.FastMissing)+len(st.FastStale) != 0 || st.FastOff != "" {
+		t.Fatalf("healthy fast path: missing %v, stale %v, off %q", st.FastMissing, st.FastStale, st.FastOff)
+	}
+	port, dev := mustLink(t, h1.nl, "vc2").Attrs().Index, mustLink(t, h1.nl, testDev).Attrs().Index
+	stray := testPeer(7, "192.0.2.7")
+	if err := h1.nl.FilterAdd(redirectFilter(port, redirect{dst: mac(stray.MAC), to: dev})); err != nil {
+		t.Fatal(err)
+	}
+	have, _ := redirects(h1.nl, dev)
+	for r, handle := range have {
+		attrs := ingressAttrs(dev)
+		attrs.Handle = handle
+		if err := h1.nl.FilterDel(&netlink.U32{FilterAttrs: attrs}); err != nil {
+			t.Fatalf("delete %v: %v", r, err)
+		}
+	}
+	st := status()
+	wantStale := Redirect{Link: "vc2", MAC: stray.MAC, To: testDev}
+	wantMissing := Redirect{Link: testDev, MAC: h1.peer.MAC, To: "vc2"}
+	if len(st.FastStale) != 1 || st.FastStale[0].String() != wantStale.String() ||
+		len(st.FastMissing) != 1 || st.FastMissing[0].String() != wantMissing.String() {
+		t.Fatalf("broken fast path: stale %v, missing %v; want [%v] and [%v]", st.FastStale, st.FastMissing, wantStale, wantMissing)
+	}
+	if err := h1.ov.SetPorts(ctx, testVNI, ports); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(); len(st.FastMissing)+len(st.FastStale) != 0 {
+		t.Fatalf("after the ports were set again: missing %v, stale %v", st.FastMissing, st.FastStale)
 	}
 }

@@ -42,7 +42,10 @@ type Overlay struct {
 	// ports are the local endpoints of each VNI, for the fast path (loop
 	// goroutine only).
 	ports map[uint32][]Local
-	seen  Observer
+	// fastOff holds why vni's fast path could not be set (loop goroutine
+	// only).
+	fastOff map[uint32]error
+	seen    Observer
 }
 
 // Observer hears, once per remote endpoint (incarnation), when its
@@ -62,7 +65,7 @@ func New(log *slog.Logger, seen Observer) *Overlay {
 // newOverlay programs through h, so tests can aim an Overlay at a
 // namespace of theirs.
 func newOverlay(h *netlink.Handle, log *slog.Logger, seen Observer) *Overlay {
-	o := &Overlay{nl: h, log: log, seen: seen, ports: map[uint32][]Local{}, ops: make(chan func()), quit: make(chan struct{}), done: make(chan struct{})}
+	o := &Overlay{nl: h, log: log, seen: seen, ports: map[uint32][]Local{}, fastOff: map[uint32]error{}, ops: make(chan func()), quit: make(chan struct{}), done: make(chan struct{})}
 	go o.loop()
 	return o
 }
@@ -138,6 +141,7 @@ func (o *Overlay) DeleteDevice(ctx context.Context, vni uint32) error {
 	return o.do(ctx, func() error {
 		o.tab.forget(vni)
 		delete(o.ports, vni)
+		delete(o.fastOff, vni)
 		return deleteDevice(o.nl, vni)
 	})
 }
@@ -264,6 +268,9 @@ func (o *Overlay) program(vni uint32, gone []entry) error {
 	// failure (a kernel without u32 or mirred) leaves the bridge path.
 	if err := o.fastPath(vni, dev); err != nil {
 		o.log.Warn("overlay fast path off: traffic takes the bridge", "device", dev.Name, "err", err)
+		o.fastOff[vni] = err
+	} else {
+		delete(o.fastOff, vni)
 	}
 	return nil
 }
@@ -319,6 +326,12 @@ type Status struct {
 	Programmed []Entry // the entries on the device
 	Missing    []Entry // wanted but not on the device
 	Stale      []Entry // on the device but not wanted
+	// The fast path's filters (see fastpath.go): wanted but absent (the
+	// bridge carries that traffic, slower), present but not wanted
+	// (frames go astray), and why it is off, if it could not be set.
+	FastMissing []Redirect
+	FastStale   []Redirect
+	FastOff     string
 }
 
 // Status reads back vni's peers and its device's entries, after every
@@ -345,6 +358,12 @@ func (o *Overlay) Status(ctx context.Context, vni uint32) (Status, error) {
 				return fmt.Errorf("read vxlan device %s: %w", dev.Name, err)
 			}
 			want = o.tab.wanted(vni, local(dev))
+			if st.FastMissing, st.FastStale, err = o.checkFastPath(vni, dev); err != nil {
+				return err
+			}
+			if err := o.fastOff[vni]; err != nil {
+				st.FastOff = err.Error()
+			}
 		}
 		stale, missing := diff(want, have, true, nil)
 		st.Missing, st.Stale = entries(missing), entries(stale)
