@@ -98,7 +98,11 @@ func (o *Overlay) fastPath(vni uint32, dev *netlink.Vxlan) error {
 		return err
 	}
 	for _, set := range sets {
-		if err := setRedirects(o.nl, set.idx, set.want); err != nil {
+		err := setRedirects(o.nl, set.idx, set.want)
+		if kernel.LinkNotFound(err) {
+			continue // removed meanwhile (a container, or the network, going)
+		}
+		if err != nil {
 			return fmt.Errorf("fast path on %s: %w", set.name, err)
 		}
 	}
