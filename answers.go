@@ -13,7 +13,8 @@ type Snapshot struct {
 	driver.State
 	Pools []ipam.Pool
 	// OverlayConflicts: the cluster's overlays that have no instance on
-	// this host, and why (a name taken here by another network, …).
+	// this host, and removed ones whose instance dockerd keeps here, and
+	// why (a name taken here by another network, …).
 	OverlayConflicts map[string]string `json:",omitempty"`
 	// BlockConflicts: address blocks another host holds while containers
 	// here use addresses in them (ipam.CheckBlocks).

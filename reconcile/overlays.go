@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/vxbridge/vxbridge/cluster"
@@ -56,6 +57,7 @@ func (o *Overlays) Sync(ctx context.Context, defs []cluster.Overlay) {
 	}
 	defined := map[string]bool{}
 	conflicts := map[string]string{}
+	lingering := map[string]bool{} // removed overlays whose instance dockerd keeps
 	for _, def := range defs {
 		defined[def.Name] = true
 		n, ok := byName[def.Name]
@@ -82,19 +84,42 @@ func (o *Overlays) Sync(ctx context.Context, defs []cluster.Overlay) {
 			continue
 		}
 		if err := d.send(ctx, http.MethodDelete, "/networks/"+n.ID, nil); err != nil {
-			o.rec.log.Warn("remove instance of a removed overlay", "overlay", name, "err", err)
+			conflicts[name] = o.lingers(ctx, n, err)
+			lingering[name] = true
 			continue
 		}
 		o.rec.log.Info("removed instance of a removed overlay", "overlay", name)
 	}
 	o.mu.Lock()
 	for name, why := range conflicts {
-		if o.conflicts[name] != why {
+		if o.conflicts[name] == why {
+			continue
+		}
+		if lingering[name] {
+			o.rec.log.Warn("removed overlay's instance remains on this host: "+why, "overlay", name)
+		} else {
 			o.rec.log.Warn("overlay has no instance on this host: "+why, "overlay", name)
 		}
 	}
 	o.conflicts = conflicts
 	o.mu.Unlock()
+}
+
+// lingers says why the instance n of a removed overlay is still here:
+// dockerd refused to remove it (err).
+func (o *Overlays) lingers(ctx context.Context, n Network, err error) string {
+	why := fmt.Sprintf("dockerd refuses to remove network %s: %v; it is retried every 5 s", short(n.ID), err)
+	var in Network
+	if !strings.Contains(err.Error(), "has active endpoints") || o.rec.docker.get(ctx, "/networks/"+n.ID, &in) != nil {
+		return why
+	}
+	if len(in.Containers) > 0 {
+		return why + fmt.Sprintf("; fix: remove or disconnect its %d container(s) here (docker network inspect %s)", len(in.Containers), short(n.ID))
+	}
+	// Docker 20.10 keeps a count of each network's endpoints that
+	// concurrent container starts and removals can leave too high.
+	return why + "; dockerd has no container on it: its count of the network's endpoints is stuck (a Docker bug); " +
+		"fix: restart dockerd here (it recounts at start), the instance then goes"
 }
 
 // create asks dockerd for an instance of def, through this plugin as
