@@ -34,8 +34,12 @@ import (
 // dnet is one network as the fake dockerd holds it.
 type dnet struct {
 	ID, Name   string
+	Options    map[string]string
 	Config     []dconfig
 	Containers map[string]dcontainer // container ID -> endpoint
+	// EndpointCnt is dockerd's own count, which refuses a removal while
+	// not zero; -1: the number of Containers.
+	EndpointCnt int
 }
 
 type dconfig struct {
@@ -101,6 +105,7 @@ func (f *fakeDockerd) start() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /networks", f.list)
 	mux.HandleFunc("GET /networks/{id}", f.inspect)
+	mux.HandleFunc("DELETE /networks/{id}", f.remove)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	f.mu.Lock()
 	f.srv = srv
@@ -230,7 +235,7 @@ func render(n *dnet, withContainers bool) map[string]any {
 		"IPAM":       map[string]any{"Driver": "vxbridge", "Options": map[string]string{}, "Config": cfg},
 		"Internal":   false,
 		"Containers": ctrs,
-		"Options":    map[string]string{},
+		"Options":    n.Options,
 		"Labels":     map[string]string{},
 	}
 }
@@ -279,6 +284,28 @@ func (f *fakeDockerd) inspect(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+	http.Error(w, `{"message":"network `+id+` not found"}`, http.StatusNotFound)
+}
+
+// remove deletes a network unless its endpoint count is not zero, which
+// dockerd answers as 20.10 does.
+func (f *fakeDockerd) remove(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id := r.PathValue("id")
+	f.requests = append(f.requests, r.Method+" "+r.URL.Path)
+	for i, n := range f.nets {
+		if n.ID != id {
+			continue
+		}
+		if cnt := n.EndpointCnt; cnt > 0 || cnt < 0 && len(n.Containers) > 0 {
+			http.Error(w, `{"message":"error while removing network: network `+n.Name+` id `+id+` has active endpoints"}`, http.StatusForbidden)
+			return
+		}
+		f.nets = slices.Delete(f.nets, i, i+1)
+		w.WriteHeader(http.StatusNoContent)
+		return
 	}
 	http.Error(w, `{"message":"network `+id+` not found"}`, http.StatusNotFound)
 }
