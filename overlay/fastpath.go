@@ -130,6 +130,9 @@ func (o *Overlay) checkFastPath(vni uint32, dev *netlink.Vxlan) (missing, stale 
 	}
 	for _, set := range sets {
 		have, err := redirects(o.nl, set.idx)
+		if kernel.LinkNotFound(err) {
+			continue // removed meanwhile
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("fast path on %s: %w", set.name, err)
 		}
