@@ -136,15 +136,12 @@ func (o *Overlay) checkFastPath(vni uint32, dev *netlink.Vxlan) (missing, stale 
 		if err != nil {
 			return nil, nil, fmt.Errorf("fast path on %s: %w", set.name, err)
 		}
-		for _, r := range set.want {
-			if _, ok := have[r]; !ok {
-				missing = append(missing, report(set, r))
-			}
+		gone, absent := diffRedirects(have, set.want)
+		for _, r := range absent {
+			missing = append(missing, report(set, r))
 		}
-		for _, r := range slices.SortedFunc(maps.Keys(have), compareRedirects) {
-			if !slices.Contains(set.want, r) {
-				stale = append(stale, report(set, r))
-			}
+		for _, r := range slices.SortedFunc(maps.Keys(gone), compareRedirects) {
+			stale = append(stale, report(set, r))
 		}
 	}
 	return missing, stale, nil
@@ -185,10 +182,8 @@ func setRedirects(h *netlink.Handle, idx int, want []redirect) error {
 	if err != nil {
 		return err
 	}
-	for r, handle := range have {
-		if slices.Contains(want, r) {
-			continue
-		}
+	stale, missing := diffRedirects(have, want)
+	for r, handle := range stale {
 		attrs := ingressAttrs(idx)
 		attrs.Handle = handle
 		if err := h.FilterDel(&netlink.U32{FilterAttrs: attrs}); err != nil {
@@ -200,15 +195,26 @@ func setRedirects(h *netlink.Handle, idx int, want []redirect) error {
 			return fmt.Errorf("add clsact qdisc: %w", err)
 		}
 	}
-	for _, r := range want {
-		if _, ok := have[r]; ok {
-			continue
-		}
+	for _, r := range missing {
 		if err := h.FilterAdd(redirectFilter(idx, r)); err != nil {
 			return fmt.Errorf("add tc filter for %s: %w", r.dst, err)
 		}
 	}
 	return nil
+}
+
+// diffRedirects splits a link's filters (have, by handle) against want:
+// those to delete and those to add.
+func diffRedirects(have map[redirect]uint32, want []redirect) (stale map[redirect]uint32, missing []redirect) {
+	stale = maps.Clone(have)
+	for _, r := range want {
+		if _, ok := have[r]; ok {
+			delete(stale, r)
+		} else {
+			missing = append(missing, r)
+		}
+	}
+	return stale, missing
 }
 
 // redirects lists the link's ingress redirects, as redirectFilter makes
