@@ -50,9 +50,6 @@ func TestUpOverlayHostCutOff(t *testing.T) {
 	a, b, c := hosts[0], hosts[1], hosts[2]
 	const nw = "ovcut"
 	overlay(t, a, nw, "--subnet", "10.214.0.0/24")
-	for _, h := range []host{b, c} {
-		waitUntil(t, 10*time.Second, "overlay on host "+h.name, func() bool { return h.hasNetwork(nw) })
-	}
 	a.container(t, "cuta", nw)
 	ipB := b.container(t, "cutb", nw)
 	ipC := c.container(t, "cutc", nw)
@@ -98,7 +95,6 @@ func TestUpOverlayConsulDown(t *testing.T) {
 	a, c := hosts[0], hosts[2]
 	const nw = "ovnocs"
 	overlay(t, a, nw, "--subnet", "10.215.0.0/24")
-	waitUntil(t, 10*time.Second, "overlay on host C", func() bool { return c.hasNetwork(nw) })
 	local := "vxlabt-local-" + strconv.Itoa(os.Getpid())
 	a.docker(t, "network", "create", "-d", driver, local)
 	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "network", "rm", local) })
@@ -203,7 +199,6 @@ func TestUpOverlayPluginKillLosesNoPacket(t *testing.T) {
 	a, b := hosts[0], hosts[1]
 	const nw = "ovkill"
 	overlay(t, a, nw, "--subnet", "10.216.0.0/24")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
 	a.container(t, "kla", nw)
 	ipB := b.container(t, "klb", nw)
 	macB := b.macOf(t, "klb", nw)
@@ -242,9 +237,6 @@ func TestUpOverlayLeaderKilled(t *testing.T) {
 	needLab(t)
 	const nw = "ovlead"
 	overlay(t, hosts[0], nw, "--subnet", "10.217.0.0/24")
-	for _, h := range hosts[1:] {
-		waitUntil(t, 10*time.Second, "overlay on host "+h.name, func() bool { return h.hasNetwork(nw) })
-	}
 	var leader string
 	hosts[0].getJSON(t, "http://127.0.0.1:8500/v1/status/leader", &leader)
 	var dead host
@@ -301,7 +293,6 @@ func TestUpOverlayReconcileAfterPluginDown(t *testing.T) {
 	a, b := hosts[0], hosts[1]
 	const nw = "ovrec"
 	overlay(t, a, nw, "--subnet", "10.218.0.0/24")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
 	a.container(t, "reca", nw)
 	ipB, macB := b.container(t, "recb", nw), b.macOf(t, "recb", nw)
 	if !a.fdbHas(macB) {

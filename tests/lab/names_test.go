@@ -100,9 +100,6 @@ func TestUpNamesAcrossHosts(t *testing.T) {
 	const nw, other = "names1", "names2"
 	overlay(t, a, nw, "--subnet", "10.214.0.0/24")
 	overlay(t, a, other, "--subnet", "10.215.0.0/24")
-	for _, h := range []host{b, c} {
-		waitUntil(t, 10*time.Second, "overlays on host "+h.name, func() bool { return h.hasNetwork(nw) && h.hasNetwork(other) })
-	}
 	start := func(h host, name, network string, args ...string) string {
 		h.docker(t, slices.Concat([]string{"run", "-d", "--name", name, "--network", network}, args)...)
 		t.Cleanup(func() { run("docker", "-H", h.dockerHost, "rm", "-f", name) })
@@ -218,7 +215,6 @@ func TestUpNamesTimeToResolve(t *testing.T) {
 	a, b := hosts[0], hosts[1]
 	const nw = "names3"
 	overlay(t, a, nw, "--subnet", "10.216.0.0/24")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
 	a.docker(t, "run", "-d", "--name", "ttr-cli", "--network", nw, image, "sleep", "600")
 	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "ttr-cli") })
 	const runs = 20
@@ -266,7 +262,6 @@ func TestUpNamesPluginRestart(t *testing.T) {
 	a, b := hosts[0], hosts[1]
 	const nw = "names4"
 	overlay(t, a, nw, "--subnet", "10.217.0.0/24")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
 	for _, c := range []struct {
 		h    host
 		name string
@@ -318,7 +313,6 @@ func TestUpNamesBridgedContainer(t *testing.T) {
 	const nw, other = "names5", "names6"
 	overlay(t, b, nw, "--subnet", "10.225.0.0/24")
 	overlay(t, b, other, "--subnet", "10.226.0.0/24")
-	waitUntil(t, 10*time.Second, "overlays on host C", func() bool { return c.hasNetwork(nw) && c.hasNetwork(other) })
 	ipMysql := startOn(t, b, "mysql5", nw, image, "sleep", "600")
 	startOn(t, b, "secret6", other, image, "sleep", "600")
 	askedFrom := serveUpstream(t, c, "upstream-probe.vxlab.test", "192.0.2.53")
@@ -374,7 +368,6 @@ func TestUpNamesInternalOverlay(t *testing.T) {
 	const inner, inner2 = "names7", "names8"
 	overlay(t, b, inner, "--internal", "--subnet", "10.227.0.0/24")
 	overlay(t, b, inner2, "--internal", "--subnet", "10.228.0.0/24")
-	waitUntil(t, 10*time.Second, "overlays on host C", func() bool { return c.hasNetwork(inner) && c.hasNetwork(inner2) })
 	ipVault := startOn(t, b, "vault7", inner, image, "sleep", "600")
 	ipKeys := startOn(t, b, "keys8", inner2, image, "sleep", "600")
 	askedFrom := serveUpstream(t, c, "upstream-probe.vxlab.test", "192.0.2.53")
@@ -417,7 +410,6 @@ func TestUpNamesIPv6(t *testing.T) {
 	a, b := hosts[0], hosts[1]
 	const nw = "names9"
 	overlay(t, a, nw, "--ipv6", "--subnet", "10.229.0.0/24", "--subnet", "fd77:9::/64")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(nw) })
 	b.docker(t, "run", "-d", "--name", "mysql9", "--network", nw, image, "sleep", "600")
 	t.Cleanup(func() { run("docker", "-H", b.dockerHost, "rm", "-f", "mysql9") })
 	want := []string{b.ipOf(t, "mysql9", nw),

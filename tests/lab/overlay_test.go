@@ -58,9 +58,19 @@ func (h host) canPing(c, addr string) bool {
 	return err == nil
 }
 
-// overlay creates an overlay on host h and makes sure it is gone from
-// every host at the end.
+// overlay creates an overlay on host h and waits for its instance on
+// every other host ("created once, present everywhere").
 func overlay(t *testing.T, h host, name string, args ...string) {
+	t.Helper()
+	createOverlay(t, h, name, args...)
+	for _, o := range hosts {
+		waitUntil(t, 10*time.Second, "overlay "+name+" on host "+o.name, func() bool { return o.hasNetwork(name) })
+	}
+}
+
+// createOverlay creates an overlay on host h and makes sure it is gone
+// from every host at the end.
+func createOverlay(t *testing.T, h host, name string, args ...string) {
 	t.Helper()
 	h.docker(t, append(append([]string{"network", "create", "-d", driver, "--ipam-driver", driver, "-o", "vxbridge.overlay=" + name}, args...), name)...)
 	t.Cleanup(func() {
@@ -134,7 +144,7 @@ func TestUpOverlayAcrossHosts(t *testing.T) {
 	needLab(t)
 	a, b, c := hosts[0], hosts[1], hosts[2]
 	const nw = "demo"
-	overlay(t, a, nw, "--subnet", "10.210.0.0/24")
+	createOverlay(t, a, nw, "--subnet", "10.210.0.0/24")
 	for _, h := range []host{b, c} {
 		took := waitUntil(t, 10*time.Second, "overlay "+nw+" on host "+h.name, func() bool { return h.hasNetwork(nw) })
 		t.Logf("overlay created on A appeared on host %s after %v", h.name, took)
@@ -208,9 +218,6 @@ func TestUpOverlayConcurrentRuns(t *testing.T) {
 	needLab(t)
 	const nw, per = "ovpar", 10
 	overlay(t, hosts[0], nw, "--subnet", "10.211.0.0/24")
-	for _, h := range hosts[1:] {
-		waitUntil(t, 10*time.Second, "overlay on host "+h.name, func() bool { return h.hasNetwork(nw) })
-	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []string
@@ -302,7 +309,7 @@ func TestUpOverlayNameTakenOnAHost(t *testing.T) {
 	a, b, c := hosts[0], hosts[1], hosts[2]
 	const nw = "ovtakenname"
 	localID := c.docker(t, "network", "create", "-d", driver, nw)
-	overlay(t, a, nw, "--subnet", "10.222.0.0/24")
+	createOverlay(t, a, nw, "--subnet", "10.222.0.0/24")
 	// Registered after the overlay's, so it runs first: the overlay's
 	// clean-up checks that no host has a network of that name left.
 	t.Cleanup(func() { run("docker", "-H", c.dockerHost, "network", "rm", nw) })
@@ -323,7 +330,6 @@ func TestUpOverlayIsAFullNetwork(t *testing.T) {
 	a, b := hosts[0], hosts[1]
 	const pub, internal = "ovpub", "ovint"
 	overlay(t, a, pub, "--subnet", "10.223.0.0/24")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(pub) })
 	a.docker(t, "run", "-d", "--name", "pubweb", "--network", pub, "-p", "18300:80", image,
 		"sh", "-c", "mkdir -p /www && echo pubweb > /www/id && exec httpd -f -p 80 -h /www")
 	t.Cleanup(func() { run("docker", "-H", a.dockerHost, "rm", "-f", "pubweb") })
@@ -335,7 +341,6 @@ func TestUpOverlayIsAFullNetwork(t *testing.T) {
 	waitUntil(t, 10*time.Second, "the published port from host B", func() bool { return strings.Contains(get(), "pubweb") })
 
 	overlay(t, a, internal, "--internal", "--subnet", "10.224.0.0/24")
-	waitUntil(t, 10*time.Second, "internal overlay on host B", func() bool { return b.hasNetwork(internal) })
 	a.container(t, "inta", internal)
 	ipB := b.container(t, "intb", internal)
 	if !a.canPing("inta", ipB) {
@@ -373,7 +378,6 @@ func TestUpOverlayFastPath(t *testing.T) {
 	a, b := hosts[0], hosts[1]
 	const fast, noicc = "ovfast", "ovnoicc"
 	overlay(t, a, fast, "--subnet", "10.230.0.0/24")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(fast) })
 	a.container(t, "fasta", fast)
 	ipB := b.container(t, "fastb", fast)
 	if !a.canPing("fasta", ipB) {
@@ -397,7 +401,6 @@ func TestUpOverlayFastPath(t *testing.T) {
 	a.docker(t, "network", "disconnect", "-f", fast, "fasta")
 
 	overlay(t, a, noicc, "--subnet", "10.231.0.0/24", "-o", "com.docker.network.bridge.enable_icc=false")
-	waitUntil(t, 10*time.Second, "overlay on host B", func() bool { return b.hasNetwork(noicc) })
 	a.container(t, "icca", noicc)
 	ipB = b.container(t, "iccb", noicc)
 	if a.canPing("icca", ipB) {
