@@ -46,12 +46,12 @@ type Learner struct {
 
 	renamed atomic.Bool // a container was renamed: learn every name again
 	// moved: a container on an overlay was connected to or disconnected
-	// from another network: find the askers again. (A container joining
-	// or leaving an overlay changes the local endpoints.)
+	// from another network, or a container to or from an overlay: find
+	// the askers again.
 	moved atomic.Bool
-	// onOverlays holds the IDs of the containers the askers were found
-	// for (map[string]bool, read by the events' goroutine).
-	onOverlays atomic.Pointer[map[string]bool]
+	// found is what the askers were last found from (read by the events'
+	// goroutine).
+	found atomic.Pointer[found]
 	// endpoints are the local endpoints the askers were found for (only
 	// Run's goroutine reads and writes it).
 	endpoints string
@@ -76,12 +76,7 @@ func (l *Learner) Run(ctx context.Context) {
 		filters := map[string][]string{"type": {"network", "container"}, "event": {"connect", "disconnect", "rename"}}
 		for ctx.Err() == nil {
 			err := l.Docker.Events(ctx, filters, poke, func(e reconcile.Event) {
-				if e.Action == "rename" {
-					l.renamed.Store(true)
-				}
-				if m := l.onOverlays.Load(); m != nil && (*m)[e.Actor.Attributes["container"]] {
-					l.moved.Store(true)
-				}
+				l.notice(e)
 				poke()
 			})
 			if ctx.Err() == nil {
@@ -105,6 +100,24 @@ func (l *Learner) Run(ctx context.Context) {
 		if err := l.learn(ctx); err != nil && ctx.Err() == nil {
 			l.Log.Warn("learn container names", "err", err)
 		}
+	}
+}
+
+// found: the containers on this host's overlays and those overlays'
+// dockerd network IDs, when the askers were last found.
+type found struct{ containers, networks map[string]bool }
+
+// notice marks what a network or container event changes.
+func (l *Learner) notice(e reconcile.Event) {
+	if e.Action == "rename" {
+		l.renamed.Store(true)
+	}
+	// A pass made between an endpoint's CreateEndpoint and dockerd
+	// attaching its container found the endpoint but not the container;
+	// dockerd reports the connect once the container is attached.
+	if f := l.found.Load(); f != nil && (f.containers[e.Actor.Attributes["container"]] ||
+		e.Type == "network" && f.networks[e.Actor.ID]) {
+		l.moved.Store(true)
 	}
 }
 
@@ -242,7 +255,7 @@ func (l *Learner) findAskers(ctx context.Context, overlays map[string]bool, netw
 		}
 	}
 	l.Table.SetAskers(askers)
-	l.onOverlays.Store(&ids)
+	l.found.Store(&found{containers: ids, networks: overlays})
 	return nil
 }
 

@@ -166,3 +166,59 @@ func TestLearnerFindsAskers(t *testing.T) {
 		t.Errorf("askers after ep2 went: %v", tb.askers)
 	}
 }
+
+// A pass made after an endpoint was created but before dockerd attached
+// its container finds no container for it; dockerd's connect event, which
+// comes once the container is attached, makes the next pass find it.
+func TestLearnerFindsAskerAttachedAfterAPass(t *testing.T) {
+	var ov reconcile.Network
+	ov.Name = "front"
+	ov.Containers = map[string]reconcile.Attached{"c1": {EndpointID: "ep1"}}
+	c1 := container("db", "front")
+	c1.NetworkSettings.Networks = map[string]reconcile.ContainerNetwork{"front": {NetworkID: "n1", IPAddress: "10.0.1.2"}}
+	c2 := container("bridged", "front")
+	c2.NetworkSettings.Networks = map[string]reconcile.ContainerNetwork{
+		"front":  {NetworkID: "n1", IPAddress: "10.0.1.3"},
+		"bridge": {NetworkID: "nb", IPAddress: "172.17.0.3"},
+	}
+	var br reconcile.Network
+	br.Name = "bridge"
+	d := &fakeDocker{
+		networks:   map[string]reconcile.Network{"n1": ov, "nb": br},
+		containers: map[string]reconcile.Container{"c1": c1, "c2": c2},
+	}
+	node := &fakeNode{eps: map[string]cluster.Endpoint{
+		"ep1": {ID: "ep1", Names: []string{"db"}},
+		"ep2": {ID: "ep2", Names: []string{"bridged"}}, // created, its container not yet attached
+	}}
+	tb := &Table{}
+	l := &Learner{Docker: d, Node: node, Log: slog.New(slog.DiscardHandler), Table: tb,
+		Networks: func() (map[string]string, error) { return map[string]string{"ep1": "n1", "ep2": "n1"}, nil }}
+	if err := l.learn(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	bridged := netip.MustParseAddr("172.17.0.3")
+	if _, ok := tb.askers[bridged]; ok {
+		t.Fatalf("askers %v hold a container dockerd does not list yet", tb.askers)
+	}
+	ov.Containers["c2"] = reconcile.Attached{EndpointID: "ep2"}
+	var e reconcile.Event
+	e.Type, e.Action, e.Actor.ID = "network", "connect", "n1"
+	e.Actor.Attributes = map[string]string{"container": "c2"}
+	l.notice(e)
+	if err := l.learn(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := tb.askers[bridged]; !reflect.DeepEqual(got, Asker{Overlays: []string{"front"}, External: true}) {
+		t.Errorf("after the connect event, 172.17.0.3 asks as %+v; askers %v", got, tb.askers)
+	}
+	// A connect to a network that is no overlay of this host, of a
+	// container on none, changes nothing.
+	e.Actor.ID, e.Actor.Attributes["container"] = "other", "c9"
+	l.notice(e)
+	d.asked = 0
+	l.learn(context.Background())
+	if d.asked != 0 {
+		t.Errorf("a connect elsewhere made a pass ask dockerd %d times", d.asked)
+	}
+}
